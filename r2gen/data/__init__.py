@@ -1,0 +1,1 @@
+"""Data: report cleaning, annotation reading, image loading, the synthetic demo set and the DataModule."""

@@ -1,0 +1,68 @@
+"""Report cleaning, reproduced character for character from R2Gen (cuhksz-nlp/R2Gen, modules/tokenizers.py).
+
+Published IU-Xray and MIMIC-CXR numbers were computed on text cleaned this way, so the quirks stay:
+the regex character class `[.,?;*!%^&_+():-\\[\\]{}]` contains the range `:-\\[` (which also strips `<=>?@`
+and upper-case letters, already lower-cased by then), empty sentences are kept (R2Gen's `!= []` test
+compares a string with a list and is always true), and `'1. '` is removed anywhere in the text.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+_SENT_RE = re.compile("[.,?;*!%^&_+():-\\[\\]{}]")
+
+
+def _sent_cleaner(t: str) -> str:
+    return _SENT_RE.sub("", t.replace('"', "").replace("/", "").replace("\\", "").replace("'", "").strip().lower())
+
+
+def _join(sentences: list[str]) -> str:
+    return " . ".join(_sent_cleaner(s) for s in sentences) + " ."
+
+
+def clean_report_iu_xray(report: str) -> str:
+    """R2Gen's `clean_report_iu_xray`."""
+    t = report.replace("..", ".").replace("..", ".").replace("..", ".").replace("1. ", "")
+    for a in ("2", "3", "4", "5"):
+        t = t.replace(f". {a}. ", ". ")
+    for a in ("2", "3", "4", "5"):
+        t = t.replace(f" {a}. ", ". ")
+    return _join(t.strip().lower().split(". "))
+
+
+def clean_report_mimic_cxr(report: str) -> str:
+    """R2Gen's `clean_report_mimic_cxr`."""
+    t = report.replace("\n", " ")
+    for _ in range(7):
+        t = t.replace("__", "_")
+    for _ in range(6):
+        t = t.replace("  ", " ")
+    for _ in range(8):
+        t = t.replace("..", ".")
+    t = t.replace("1. ", "")
+    for a in ("2", "3", "4", "5"):
+        t = t.replace(f". {a}. ", ". ")
+    for a in ("2", "3", "4", "5"):
+        t = t.replace(f" {a}. ", ". ")
+    return _join(t.strip().lower().split(". "))
+
+
+def clean_whitespace(report: str) -> str:
+    """No R2Gen policy: only collapse whitespace (newlines included) and lower-case."""
+    return " ".join(report.split()).lower()
+
+
+CLEANERS: dict[str, Callable[[str], str]] = {
+    "iu_xray": clean_report_iu_xray,
+    "mimic_cxr": clean_report_mimic_cxr,
+    "whitespace": clean_whitespace,
+}
+
+
+def get_cleaner(name: str) -> Callable[[str], str]:
+    try:
+        return CLEANERS[name]
+    except KeyError:
+        raise ValueError(f"data.clean={name!r}: choose one of {', '.join(CLEANERS)}") from None

@@ -1,0 +1,86 @@
+"""`evaluate(cfg)`: rebuild a model from a checkpoint, generate for a split, score it, write the results.
+
+The checkpoint's own config rebuilds the model; only the keys the user overrode on the command line
+(`generate.num_beams=1`, `data.root=...`, `generate=greedy`) replace its values. Trainer and paths come from
+the evaluate config (run folder `outputs/evaluate/<date>/<time>`).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import Any
+
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf
+
+from r2gen import build
+from r2gen.checkpoint import load_weights, read_checkpoint
+from r2gen.models.module import R2GenModule
+from r2gen.results import write_results
+
+log = logging.getLogger(__name__)
+EVAL_ONLY = {"ckpt", "split", "shuffle_images", "task_name", "trainer", "paths", "hydra", "logger", "callbacks",
+             "experiment", "seed", "ckpt_path", "test_after_fit"}
+
+
+def cli_overrides() -> list[str]:
+    """The `key=value` overrides given on the command line, when running under Hydra."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def run_config(cfg: DictConfig, ckpt_cfg: dict, overrides: list[str]) -> DictConfig:
+    """The checkpoint's config with the user's explicit overrides (values taken from the composed `cfg`)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    run = OmegaConf.create(ckpt_cfg)
+    for o in OverridesParser.create().parse_overrides(overrides):
+        key = o.key_or_group
+        if key.split(".")[0] in EVAL_ONLY:
+            continue
+        value = OmegaConf.select(cfg, key, throw_on_missing=True)
+        OmegaConf.update(run, key, OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig)
+                         else value, force_add=True)
+    run.trainer = cfg.trainer
+    run.paths.output_dir = cfg.paths.output_dir
+    return run
+
+
+def shuffle_images(dataset, seed: int) -> None:
+    """Give every study another study's images (a cyclic shift of a random order): a model that reads the image
+    loses its finding scores; one that ignores it keeps them."""
+    order = list(range(len(dataset.entries)))
+    random.Random(seed).shuffle(order)
+    paths = [dataset.entries[i]["image_path"] for i in order]
+    for k, i in enumerate(order):
+        dataset.entries[i] = {**dataset.entries[i], "image_path": paths[(k + 1) % len(order)]}
+
+
+def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Scores of `cfg.ckpt` on `cfg.split`; writes metrics.json and predictions.jsonl into the run folder."""
+    ck = read_checkpoint(cfg.get("ckpt"))
+    if cfg.split not in ("val", "test"):
+        raise ValueError(f"split={cfg.split!r}: choose val or test")
+    run = run_config(cfg, ck["hyper_parameters"]["cfg"], cli_overrides() if overrides is None else overrides)
+    pl.seed_everything(cfg.seed, workers=True)
+    out = build.output_dir(run)
+
+    build.prepare_data(run.data)
+    model = R2GenModule(run, lm_path=build.lm_path(run))
+    load_weights(model, ck)
+    dm = build.datamodule(run, model)
+    dm.setup()
+    if cfg.get("shuffle_images"):
+        shuffle_images(dm.splits[cfg.split], cfg.seed)
+    trainer = build.trainer(run, with_callbacks=False)
+    loader = dm.test_dataloader() if cfg.split == "test" else dm.val_dataloader()
+    trainer.test(model, dataloaders=loader, verbose=False)
+    scores = {k.removeprefix("test/"): float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+    if trainer.is_global_zero:
+        write_results(out, model.eval_records, scores, {
+            "split": cfg.split, "ckpt": str(cfg.ckpt), "data": run.data.name, "shuffle_images": bool(cfg.shuffle_images),
+            "generate": OmegaConf.to_container(run.generate, resolve=True),
+        })
+    return scores

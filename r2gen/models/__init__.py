@@ -1,0 +1,1 @@
+"""Model parts: the timm encoder, language-model loading, prompt assembly and the LightningModule."""

@@ -1,0 +1,192 @@
+"""The report-generation LightningModule: timm encoder -> `lm_proj` (+ LayerNorm) -> causal LM.
+
+What trains is set by config: `align.encoder` (frozen / lora / full: R2GenGPT's shallow / delta / deep) and,
+independently, `lm.freeze` and `lm.lora`. Checkpoints keep only what cannot be rebuilt from the config
+(trainable weights, plus any module trained fully or initialised at random) and the resolved config itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities import rank_zero_info
+from torch import nn
+
+from r2gen.data.clean import get_cleaner
+from r2gen.evaluation import score_records
+from r2gen.models.encoder import ImageEncoder
+from r2gen.models.lm import generation_config, load_lm
+from r2gen.models.prompt import Prompt, assemble
+from r2gen.models.trainable import apply_align, apply_lm_training, count_params
+
+log = logging.getLogger(__name__)
+CKPT_FORMAT = 1
+
+
+class R2GenModule(pl.LightningModule):
+    def __init__(self, cfg: DictConfig | dict, lm_path: str | None = None):
+        """`lm_path`: where the LM folder actually is, when it differs from `lm.name_or_path` (a locally built LM)."""
+        super().__init__()
+        cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
+        self.save_hyperparameters({"cfg": OmegaConf.to_container(cfg, resolve=True)})
+        self.cfg = cfg
+        self.strict_loading = False  # checkpoints hold only what cannot be rebuilt; on_load_checkpoint checks it
+
+        self.encoder = ImageEncoder(cfg.encoder.name, cfg.encoder.pretrained, cfg.data.view_fusion,
+                                    **(cfg.encoder.get("kwargs") or {}))
+        self.lm_model, self.tokenizer = load_lm(cfg.lm, path=lm_path)
+        text_cfg = self.lm_model.config.get_text_config()
+        hidden = text_cfg.hidden_size  # the projection is sized from the LM, whatever its family
+        self.lm_proj = nn.Linear(self.encoder.num_features, hidden)
+        self.lm_norm = nn.LayerNorm(hidden)
+        self.prompt = Prompt(self.tokenizer, cfg.lm.prompt.text, cfg.lm.prompt.template, cfg.lm.add_bos)
+        self.gen_config = generation_config(self.lm_model, self.tokenizer,
+                                            OmegaConf.to_container(cfg.generate, resolve=True))
+        self.clean = get_cleaner(cfg.data.clean)
+
+        self.encoder_mode = apply_align(self.encoder, cfg.align)
+        self.lm_model = apply_lm_training(self.lm_model, cfg.lm)
+        self._eval_records: list[dict[str, str]] = []
+        self.eval_records: list[dict[str, str]] = []  # last validation/test corpus, gathered (rank 0)
+        c = count_params(self)
+        rank_zero_info(
+            "parameters: " + ", ".join(f"{k} {t:,}/{n:,} trainable" for k, (t, n) in c.items())
+        )
+
+    # --- what trains ---------------------------------------------------------------------------------
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.encoder_mode == "frozen":
+            self.encoder.eval()
+        elif self.encoder_mode == "lora":  # base weights are fixed: keep BatchNorm statistics fixed too
+            for m in self.encoder.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
+
+    def persistent_keys(self) -> set[str]:
+        """State-dict keys a checkpoint must hold: everything that the config alone cannot rebuild."""
+        full = ["lm_proj.", "lm_norm."]
+        if self.encoder_mode == "full" or not self.cfg.encoder.pretrained:
+            full.append("encoder.")  # trained fully, or random init that no config reproduces
+        if not self.cfg.lm.freeze:
+            full.append("lm_model.")
+        trainable = {n for n, p in self.named_parameters() if p.requires_grad}
+        return {k for k in self.state_dict() if k.startswith(tuple(full)) or k in trainable}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        keep = self.persistent_keys()
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        checkpoint["r2gen"] = {"format": CKPT_FORMAT, "keys": sorted(keep)}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        missing = self.persistent_keys() - set(checkpoint["state_dict"])
+        if missing:
+            raise RuntimeError(f"checkpoint lacks {len(missing)} weights this config trains (e.g. {sorted(missing)[:3]}); "
+                               "it was saved with a different encoder/lm/align config")
+
+    # --- forward -------------------------------------------------------------------------------------
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.lm_model.get_input_embeddings()(ids)
+
+    def encode_images(self, images: torch.Tensor, view_mask: torch.Tensor):
+        with torch.set_grad_enabled(self.encoder_mode != "frozen" and torch.is_grad_enabled()):
+            tokens, mask = self.encoder(images, view_mask)  # [B, T, C], [B, T]
+        x = self.lm_norm(self.lm_proj(tokens))  # [B, T, H]
+        return x.to(self.lm_model.get_input_embeddings().weight.dtype), mask
+
+    def forward(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Causal-LM loss of the reports given the images."""
+        img, mask = self.encode_images(batch["images"], batch["view_mask"])
+        targets = self.prompt.targets(batch["reports"], self.cfg.data.max_report_tokens)
+        inputs, attn, labels = assemble(self.embed, self.prompt, img, mask, targets, "right")
+        return self.lm_model(inputs_embeds=inputs, attention_mask=attn, labels=labels).loss
+
+    @torch.no_grad()
+    def generate(self, images: torch.Tensor, view_mask: torch.Tensor) -> list[str]:
+        """Reports for a batch of studies, cleaned with the data set's policy."""
+        img, mask = self.encode_images(images, view_mask)
+        inputs, attn = assemble(self.embed, self.prompt, img, mask, None, "left")
+        out = self.lm_model.generate(inputs_embeds=inputs, attention_mask=attn, generation_config=self.gen_config)
+        texts = self.tokenizer.batch_decode(out, skip_special_tokens=True)  # new tokens only (inputs_embeds)
+        return [self.clean(t) for t in texts]
+
+    # --- loops ---------------------------------------------------------------------------------------
+    def training_step(self, batch, batch_idx):
+        loss = self(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["ids"]))
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        self._eval_step(batch)
+
+    def test_step(self, batch, batch_idx):
+        self._eval_step(batch)
+
+    def _eval_step(self, batch) -> None:
+        preds = self.generate(batch["images"], batch["view_mask"])
+        self._eval_records += [{"id": i, "prediction": p, "reference": r}
+                               for i, p, r in zip(batch["ids"], preds, batch["reports"], strict=True)]
+
+    def on_validation_epoch_start(self) -> None:
+        self._eval_records = []
+
+    on_test_epoch_start = on_validation_epoch_start
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_scores("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_scores("test")
+
+    def _log_scores(self, split: str) -> None:
+        """Gather every rank's generations into one corpus, score it once on rank 0, share the scores."""
+        records = self._eval_records
+        if self.trainer.world_size > 1 and torch.distributed.is_initialized():
+            shards: list[Any] = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(shards, records)
+            seen: dict[str, dict] = {}
+            for r in (r for shard in shards for r in shard):  # the distributed sampler repeats studies to even out shards
+                seen.setdefault(r["id"], r)
+            records = list(seen.values())
+        scores = [None]
+        if self.trainer.is_global_zero and records and not self.trainer.sanity_checking:
+            scores[0] = score_records(records, self.cfg.data.get("labeler"), self.cfg.monitor.weights)
+        if self.trainer.world_size > 1 and torch.distributed.is_initialized():
+            torch.distributed.broadcast_object_list(scores, src=0)
+        self.eval_records = records
+        if scores[0] is None:  # sanity check: generation works; scoring its untrained output tells nothing
+            return
+        for k, v in scores[0].items():
+            self.log(f"{split}/{k}", v, prog_bar=k in ("score", "Bleu_4", "CIDEr"), sync_dist=False)
+
+    # --- optimisation --------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        o = self.cfg.optim
+        parts = {"proj": (o.lr, [self.lm_proj, self.lm_norm]), "encoder": (o.encoder_lr, [self.encoder]),
+                 "lm": (o.lm_lr, [self.lm_model])}
+        groups = []
+        for name, (lr, mods) in parts.items():
+            params = [p for m in mods for p in m.parameters() if p.requires_grad]
+            decay = [p for p in params if p.ndim >= 2]  # no weight decay on biases and norm weights
+            rest = [p for p in params if p.ndim < 2]
+            groups += [{"params": ps, "lr": lr, "weight_decay": wd, "name": f"{name}{sfx}"}
+                       for ps, wd, sfx in ((decay, o.weight_decay, ""), (rest, 0.0, "_no_decay")) if ps]
+        opt = torch.optim.AdamW(groups, betas=tuple(o.betas), eps=o.eps)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = int(o.warmup_ratio * total)
+        floor = o.min_lr_ratio
+
+        def factor(step: int) -> float:  # linear warmup, then cosine down to min_lr_ratio * lr
+            if step < warmup:
+                return (step + 1) / warmup
+            t = min(1.0, (step - warmup) / max(1, total - warmup))
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -1,0 +1,64 @@
+"""What trains: the encoder per `align.encoder` (frozen / lora / full) and the LM per `lm.freeze` / `lm.lora`."""
+
+from __future__ import annotations
+
+from torch import nn
+
+ENCODER_MODES = ("frozen", "lora", "full")
+
+
+def _lora_config(lora, where: str, **extra):
+    from peft import LoraConfig
+
+    targets = lora.target_modules
+    if not targets:
+        raise ValueError(f"{where}.target_modules is empty: name the modules LoRA adapts (a list or a regex)")
+    targets = targets if isinstance(targets, str) else list(targets)
+    return LoraConfig(r=int(lora.r), lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets, **extra)
+
+
+def apply_align(encoder: nn.Module, align) -> str:
+    """Freeze the encoder, add LoRA to it, or leave it fully trainable. Returns the mode."""
+    mode = align.encoder
+    if mode not in ENCODER_MODES:
+        raise ValueError(f"align.encoder={mode!r}: choose {', '.join(ENCODER_MODES)} (or pick align=shallow|delta|deep)")
+    if mode == "full":
+        encoder.requires_grad_(True)
+        return mode
+    encoder.requires_grad_(False)
+    if mode == "lora":
+        from peft import inject_adapter_in_model
+
+        inject_adapter_in_model(_lora_config(align.lora, "align.lora"), encoder.model)
+        for name, p in encoder.named_parameters():
+            p.requires_grad_("lora_" in name)
+    return mode
+
+
+def apply_lm_training(lm: nn.Module, lm_cfg) -> nn.Module:
+    """Train the LM fully (`lm.freeze=false`), freeze it, or freeze it and add LoRA (`lm.lora.r>0`)."""
+    lora = lm_cfg.get("lora")
+    use_lora = bool(lora) and int(lora.r) > 0
+    if not lm_cfg.freeze:
+        if use_lora:
+            raise ValueError("lm.freeze=false trains the whole LM, and lm.lora.r>0 adds LoRA to a frozen one: "
+                             "set lm.lora.r=0 or lm.freeze=true")
+        lm.requires_grad_(True)
+        return lm
+    lm.requires_grad_(False)
+    if not use_lora:
+        return lm
+    from peft import get_peft_model
+
+    return get_peft_model(lm, _lora_config(lora, "lm.lora", task_type="CAUSAL_LM"))
+
+
+def count_params(module) -> dict[str, tuple[int, int]]:
+    """{part: (trainable, total)} for the encoder, the projection, the LM and all."""
+    parts = {"encoder": [module.encoder], "projection": [module.lm_proj, module.lm_norm], "lm": [module.lm_model]}
+    out = {}
+    for name, mods in parts.items():
+        ps = [p for m in mods for p in m.parameters()]
+        out[name] = (sum(p.numel() for p in ps if p.requires_grad), sum(p.numel() for p in ps))
+    out["all"] = (sum(t for t, _ in out.values()), sum(n for _, n in out.values()))
+    return out

@@ -1,0 +1,43 @@
+"""`train(cfg)`: fit a model as the composed config says, then score the test split with the best checkpoint."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf
+
+from r2gen import build
+from r2gen.checkpoint import read_checkpoint
+from r2gen.models.module import R2GenModule
+from r2gen.results import write_results
+
+log = logging.getLogger(__name__)
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Returns the final metrics (train/val/test) as floats."""
+    pl.seed_everything(cfg.seed, workers=True)
+    if cfg.get("ckpt_path"):
+        read_checkpoint(cfg.ckpt_path)  # fail now, with a clear message, not after the model is built
+    out = build.output_dir(cfg)
+    OmegaConf.save(cfg, out / "config.yaml", resolve=True)
+
+    build.prepare_data(cfg.data)
+    model = R2GenModule(cfg, lm_path=build.lm_path(cfg))
+    dm = build.datamodule(cfg, model)
+    trainer = build.trainer(cfg)
+    trainer.fit(model, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+    if cfg.get("test_after_fit"):
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        trainer.test(model, datamodule=dm, ckpt_path=best or None)
+        scores = {k.removeprefix("test/"): float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+        metrics.update({f"test/{k}": v for k, v in scores.items()})
+        if trainer.is_global_zero:
+            write_results(out / "test", model.eval_records, scores,
+                          {"split": "test", "ckpt": best or "final weights", "data": cfg.data.name,
+                           "generate": OmegaConf.to_container(cfg.generate, resolve=True)})
+    return metrics

@@ -1,0 +1,23 @@
+"""Train a report generator: `python train.py [group=option] [key=value ...]` (see conf/config.yaml)."""
+
+import logging
+import os
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    from r2gen.cli import run_cli
+    from r2gen.train import train
+
+    run_cli(train, cfg)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(main())
