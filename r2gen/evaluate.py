@@ -60,7 +60,7 @@ def shuffle_images(dataset, seed: int) -> None:
 
 def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]:
     """Scores of `cfg.ckpt` on `cfg.split`; writes metrics.json and predictions.jsonl into the run folder."""
-    ck = read_checkpoint(cfg.get("ckpt"))
+    ck = read_checkpoint(None if OmegaConf.is_missing(cfg, "ckpt") else cfg.ckpt)
     if cfg.split not in ("val", "test"):
         raise ValueError(f"split={cfg.split!r}: choose val or test")
     run = run_config(cfg, ck["hyper_parameters"]["cfg"], cli_overrides() if overrides is None else overrides)

@@ -51,6 +51,7 @@ class R2GenModule(pl.LightningModule):
 
         self.encoder_mode = apply_align(self.encoder, cfg.align)
         self.lm_model = apply_lm_training(self.lm_model, cfg.lm)
+        self.train()  # from_pretrained leaves the LM in eval mode, and Lightning keeps the modes it finds
         self._eval_records: list[dict[str, str]] = []
         self.eval_records: list[dict[str, str]] = []  # last validation/test corpus, gathered (rank 0)
         c = count_params(self)

@@ -1,0 +1,34 @@
+# r2gen: `make help` lists the targets. Everything runs in a local virtual environment (.venv).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+RUN ?= outputs/demo
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: help install demo test test-fast lint clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed  ## create .venv and install r2gen with its test tools
+
+demo: install  ## train on the built-in synthetic demo (CPU, ~4 min), then evaluate its best checkpoint
+	$(PY) train.py hydra.run.dir=$(RUN)
+	$(PY) evaluate.py ckpt=$(RUN)/checkpoints/best.ckpt hydra.run.dir=$(RUN)/evaluate
+
+test: install  ## run the whole test suite (what CI runs)
+	$(PY) -m pytest -q
+
+test-fast: install  ## the test suite without the slow end-to-end runs
+	$(PY) -m pytest -q -m "not slow"
+
+lint: install  ## ruff
+	$(VENV)/bin/ruff check r2gen tests benchmarks train.py evaluate.py
+
+clean:  ## remove run folders and generated demo data (keeps .venv)
+	rm -rf outputs multirun data/cache

@@ -1,0 +1,382 @@
+"""The built-in synthetic demo: two-view chest X-ray-like studies with findings drawn in and reports describing them.
+
+Each study gets independent findings (cardiomegaly, left/right pleural effusion, left/right focal opacity,
+left/right pneumothorax; about a third of studies are normal), a frontal (PA) and a lateral view drawn with numpy,
+and a short findings-style report from sentence templates. Everything a report says about a finding is visible in
+the images, so a model that looks can learn to name it and one that does not cannot: that is what the demo's
+finding F1 (`finding_scores`, labelling reports with the rule-based `label_report`) measures.
+
+Sides are always the PATIENT's. Radiological convention: a frontal view is displayed as if facing the patient, so
+the patient's LEFT is on the IMAGE RIGHT (+x below). Determinism: every study draws from its own
+`numpy.random.Generator` seeded with (seed, study index), so the set is byte-identical for the same parameters.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+FINDINGS: tuple[str, ...] = ("cardiomegaly", "effusion_left", "effusion_right", "opacity_left", "opacity_right",
+                             "pneumothorax_left", "pneumothorax_right")
+_VERSION = 1  # bump when drawing or reports change, so cached demo sets are regenerated
+_SIDE_X = {"right": -1.0, "left": 1.0}  # image-x direction of the patient's side (patient's left = image right)
+_ZONE_Y = {"upper": -0.40, "mid": 0.0, "lower": 0.24}  # lung-zone height relative to the lung centre
+
+
+# ----------------------------------------------------------------------------------------------------- drawing
+@lru_cache(maxsize=4)
+def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel-centre coordinates in [-1, 1] (x to the image right, y down), computed once per size."""
+    t = ((np.arange(size, dtype=np.float32) + 0.5) / size) * 2 - 1
+    return np.meshgrid(t, t)
+
+
+def _soft(d: np.ndarray, w: float) -> np.ndarray:
+    """A 0..1 mask from a signed 'inside' distance d, with an edge about w wide (anti-aliased even at 64 px)."""
+    return np.clip(d / w + 0.5, 0.0, 1.0)
+
+
+def _superellipse(x, y, cx, cy, a, b, p=2.0):
+    """Normalised radius: < 1 inside the superellipse centred (cx, cy) with half-axes a, b."""
+    return (np.abs((x - cx) / a) ** p + np.abs((y - cy) / b) ** p) ** (1.0 / p)
+
+
+def _blend(img, mask, value):
+    img *= 1 - mask
+    img += mask * value
+
+
+def _frontal(rng, x, y, f) -> np.ndarray:
+    img = np.full(x.shape, 0.05, np.float32)  # air outside the body
+    _blend(img, _soft(1 - _superellipse(x, y, 0, 0.2, 0.92, 1.2, 4), 0.06), 0.42)  # soft tissue of the trunk
+    rib_phase = rng.uniform(0, 6.3)
+    for name, sx in _SIDE_X.items():
+        cx, cy, a, b = sx * 0.40, -0.08, 0.30, 0.62
+        # Lungs taper towards the apex; the hemidiaphragm domes up medially, leaving a sharp lateral
+        # costophrenic angle (the patient's right one sits a little higher, over the liver).
+        a_v = a * (0.72 + 0.28 * np.clip((y - cy + b) / (1.2 * b), 0, 1))
+        r = _superellipse(x, y, cx, cy, a_v, b, 2.4)
+        dome = cy + 0.86 * b - 0.17 * (1 - ((x - cx) / a) ** 2) - (0.04 if name == "right" else 0.0)
+        lung = _soft(1 - r, 0.05) * _soft(dome - y, 0.04)
+        # Vessels fan out from the hilum; posterior ribs cross the lung as faint curved bands.
+        hx, hy = sx * 0.17, -0.02
+        theta, rad = np.arctan2(y - hy, (x - hx) * sx), np.hypot(x - hx, y - hy)
+        ph = rng.uniform(0, 6.3, 2)
+        vessels = (0.5 + 0.5 * np.cos(15 * theta + ph[0] + 6 * rad)) ** 8 + (0.5 + 0.5 * np.cos(23 * theta + ph[1] - 5 * rad)) ** 8
+        vessels *= np.exp(-rad / 0.45) * 0.14
+        ribs = 0.05 * (0.5 + 0.5 * np.cos(2 * np.pi * (y + 0.35 * (x - cx) ** 2 * sx * (x - cx) / a) / 0.19 + rib_phase)) ** 3
+        field = 0.13 + vessels + ribs
+        if f[f"pneumothorax_{name}"]:
+            # The collapsed lung retracts medially and down; the apical/lateral rim is a vessel-free dark
+            # crescent, bounded by the thin bright visceral pleural line.
+            ca, cb = a * rng.uniform(0.66, 0.74), b * rng.uniform(0.74, 0.80)
+            ccx, ccy = cx - sx * 0.07, cy + 0.13
+            rc = _superellipse(x, y, ccx, ccy, ca * (0.72 + 0.28 * np.clip((y - ccy + cb) / (1.2 * cb), 0, 1)), cb, 2.4)
+            ptx = _soft(rc - 1, 0.03)
+            facing = _soft((x - ccx) * sx * 0.6 - (y - ccy), 0.1)  # only the apical/lateral part of the line
+            field = field * (1 - ptx) + 0.035 * ptx + 0.30 * np.exp(-(((rc - 1) / 0.03) ** 2)) * facing
+        _blend(img, lung, field)
+        if f[f"opacity_{name}"]:
+            oy = cy + _ZONE_Y[f[f"opacity_{name}_zone"]] + rng.uniform(-0.04, 0.04)
+            ox = cx + rng.uniform(-0.07, 0.07)
+            blob = sum(np.exp(-((x - ox - dx) ** 2 + (y - oy - dy) ** 2) / (2 * s * s))
+                       for dx, dy, s in rng.uniform([-0.05, -0.05, 0.08], [0.05, 0.05, 0.12], (3, 3)))
+            img += lung * np.clip(blob, 0, 1.2) * rng.uniform(0.30, 0.38)
+        size = f[f"effusion_{name}"] and f[f"effusion_{name}_size"]
+        if size:
+            # Fluid fills the lung base, hiding the diaphragm and the costophrenic angle, with a meniscus that
+            # climbs the lateral chest wall.
+            level = cy + 0.86 * b - (0.22 if size == "small" else 0.42) + rng.uniform(-0.03, 0.03)
+            lat = np.clip(((x - cx) * sx / a + 1) / 2, 0, 1)
+            fluid = _soft(1 - _superellipse(x, y, cx, cy + 0.06, a * 1.02, b, 3), 0.05) * _soft(y - (level - 0.16 * lat**2), 0.07)
+            _blend(img, fluid, 0.60)
+    # Mediastinum and spine down the middle, aortic knob on the patient's left, heart low and to the patient's left.
+    _blend(img, _soft(0.11 + 0.05 * np.clip(y, 0, 1) - np.abs(x - 0.01), 0.04) * _soft(y + 0.95, 0.1), 0.74)
+    _blend(img, _soft(0.055 - np.abs(x), 0.03), 0.82)
+    _blend(img, _soft(1 - _superellipse(x, y, 0.11, -0.33, 0.08, 0.07), 0.2), 0.76)
+    _blend(img, _soft(1 - _superellipse(x, y, 0.06 + 0.35 * (f["heart_w"] - 0.29), 0.33, f["heart_w"], 0.25 + 0.25 * (f["heart_w"] - 0.29)), 0.08), 0.72)
+    # Liver/abdomen below the domes (no lung there): already soft tissue, made slightly brighter.
+    return img
+
+
+def _lateral(rng, x, y, f) -> np.ndarray:
+    """Lateral view: anterior to the image left, spine posterior (right); left and right lungs superimpose."""
+    img = np.full(x.shape, 0.05, np.float32)
+    _blend(img, _soft(1 - _superellipse(x, y, 0, 0.15, 0.88, 1.15, 4), 0.06), 0.42)
+    cx, cy, a, b = 0.0, -0.06, 0.58, 0.62
+    lung = _soft(1 - _superellipse(x, y, cx, cy, a, b, 2.4), 0.05)
+    lung *= _soft(cy + 0.84 * b - 0.22 * (1 - ((x - cx) / a) ** 2) - y, 0.04)  # domes, deepest posteriorly
+    ph = rng.uniform(0, 6.3)
+    theta, rad = np.arctan2(y + 0.02, x - 0.05), np.hypot(x - 0.05, y + 0.02)
+    field = 0.17 + 0.10 * (0.5 + 0.5 * np.cos(17 * theta + ph + 5 * rad)) ** 8 * np.exp(-rad / 0.4)
+    _blend(img, lung, field)
+    for name in _SIDE_X:  # a blob at the height it has on the frontal view; side can't be told here
+        if f[f"opacity_{name}"]:
+            oy, ox = cy + _ZONE_Y[f[f"opacity_{name}_zone"]] + rng.uniform(-0.04, 0.04), rng.uniform(-0.2, 0.3)
+            s = rng.uniform(0.09, 0.12)
+            img += lung * np.exp(-((x - ox) ** 2 + (y - oy) ** 2) / (2 * s * s)) * rng.uniform(0.22, 0.28)
+    sizes = [f[f"effusion_{n}_size"] for n in _SIDE_X if f[f"effusion_{n}"]]
+    if sizes:  # fluid layers in the posterior costophrenic sulcus (more of it if both sides have some)
+        h = sum(0.22 if s == "small" else 0.36 for s in sizes) * (0.75 if len(sizes) == 2 else 1.0)
+        level = cy + 0.84 * b - h + rng.uniform(-0.03, 0.03)
+        post = np.clip((x - cx) / a, 0, 1)
+        fluid = _soft(1 - _superellipse(x, y, cx, cy + 0.05, a, b, 3), 0.05) * _soft(y - (level - 0.05 + 0.18 * (1 - post)), 0.06)
+        _blend(img, fluid * _soft(x + 0.1, 0.2), 0.58)
+    # Spine posterior with vertebral bodies and disc spaces; sternum anterior; heart anterior-inferior.
+    spine = _soft(0.11 - np.abs(x - 0.72), 0.04) * _soft(y + 0.9, 0.1)
+    _blend(img, spine, 0.70 - 0.12 * (0.5 + 0.5 * np.cos(2 * np.pi * y / 0.17)) ** 6)
+    _blend(img, _soft(0.035 - np.abs(x + 0.74 - 0.05 * y), 0.03) * _soft(0.6 - np.abs(y + 0.1), 0.1), 0.62)
+    hw = 0.30 + 1.1 * (f["heart_w"] - 0.29)  # an enlarged heart grows back towards the spine
+    _blend(img, _soft(1 - _superellipse(x, y, -0.50 + hw, 0.34, hw, 0.26 + 0.3 * (f["heart_w"] - 0.29)), 0.08), 0.68)
+    return img
+
+
+def _finish(rng, img, x, y) -> np.ndarray:
+    """Per-study exposure: contrast/brightness/gamma jitter, a smooth shading gradient and quantum noise."""
+    phi = rng.uniform(0, 2 * np.pi)
+    img = img + 0.05 * (x * np.cos(phi) + y * np.sin(phi))
+    img = np.clip(img * rng.uniform(0.9, 1.1) + rng.uniform(-0.04, 0.04), 0, 1) ** rng.uniform(0.85, 1.15)
+    img = img + rng.normal(0, rng.uniform(0.012, 0.025), img.shape)
+    return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def _draw(rng, f, size: int) -> list[np.ndarray]:
+    gx, gy = _grid(size)
+    views = []
+    for draw in (_frontal, _lateral):
+        # Patient positioning jitter: shift and scale (drawing in the study's own coordinates).
+        s, dx, dy = rng.uniform(0.93, 1.07), rng.uniform(-0.05, 0.05, 2), rng.uniform(-0.05, 0.05)
+        x, y = (gx - dx[0]) / (s * rng.uniform(0.96, 1.04)), (gy - dy) / s
+        views.append(_finish(rng, draw(rng, x, y, f), gx, gy))
+    return views
+
+
+# ----------------------------------------------------------------------------------------------------- reports
+def _pick(rng, options):
+    return options[rng.integers(len(options))]
+
+
+def _sample_study(rng) -> dict:
+    """Independent findings with their drawing/report attributes (side, zone, size, heart width)."""
+    f = {k: 0 for k in FINDINGS}
+    f["cardiomegaly"] = int(rng.random() < 0.30)
+    f["severity"] = _pick(rng, ["mild", "moderate"])
+    lo, hi = (0.27, 0.31) if not f["cardiomegaly"] else ((0.38, 0.41) if f["severity"] == "mild" else (0.43, 0.47))
+    f["heart_w"] = float(rng.uniform(lo, hi))  # half-width; thorax ~1.4 wide, so CTR ~0.42 normal, 0.55-0.67 enlarged
+    if rng.random() < 0.25:
+        u = rng.random()
+        for side in (["left"] if u < 0.35 else ["right"] if u < 0.7 else ["left", "right"]):
+            f[f"effusion_{side}"] = 1
+    size = _pick(rng, ["small", "moderate"])  # bilateral effusions share a size
+    for side in _SIDE_X:
+        f[f"effusion_{side}_size"] = size
+        f[f"opacity_{side}_zone"] = _pick(rng, list(_ZONE_Y))
+    if rng.random() < 0.25:
+        u = rng.random()
+        for side in (["left"] if u < 0.45 else ["right"] if u < 0.9 else ["left", "right"]):
+            f[f"opacity_{side}"] = 1
+    if rng.random() < 0.12:
+        f[f"pneumothorax_{_pick(rng, ['left', 'right'])}"] = 1
+    return f
+
+
+_HEART_POS = ["The heart is enlarged.", "Cardiomegaly.", "The cardiac silhouette is enlarged.", "{Sev} cardiomegaly.",
+              "The heart is {sev}ly enlarged.", "There is {sev} enlargement of the cardiac silhouette."]
+_HEART_NEG = ["Heart size is normal.", "The cardiomediastinal silhouette is within normal limits.",
+              "The heart is normal in size.", "Normal heart size.", "The cardiac silhouette is not enlarged.",
+              "Heart size and mediastinal contours are normal."]
+_MEDIASTINUM = ["The mediastinal contours are normal.", "The mediastinum is unremarkable."]
+_ZONES = {"upper": ["upper lobe", "upper lung zone"], "mid": ["mid lung zone", "midlung"], "lower": ["lower lobe", "lung base"]}
+_OPAC_POS = ["Focal opacity in the {side} {zone}.", "There is an airspace opacity in the {side} {zone}.",
+             "{Side} {zone} consolidation.", "Patchy opacity in the {side} {zone}, concerning for pneumonia."]
+_OPAC_NEG = ["The lungs are clear.", "No focal consolidation.", "There is no focal airspace opacity.",
+             "The lungs are clear without focal consolidation.", "No focal airspace consolidation."]
+_EFF_POS = ["{Size} {side} pleural effusion.", "There is a {size} {side} pleural effusion.",
+            "{Size} {side} pleural effusion with blunting of the costophrenic angle."]
+_EFF_BIL = ["Bilateral pleural effusions.", "{Size} bilateral pleural effusions.", "There are {size} bilateral pleural effusions."]
+_EFF_NEG = ["No pleural effusion.", "No effusion.", "There is no pleural effusion.", "No pleural effusions."]
+_PTX_POS = ["Small {side} apical pneumothorax.", "There is a small {side} pneumothorax.",
+            "A {side} apical pneumothorax is present.", "{Side} pneumothorax with a visible pleural line."]
+_PTX_NEG = ["No pneumothorax.", "There is no pneumothorax.", "No evidence of pneumothorax."]
+_BONES = ["The osseous structures are intact.", "Degenerative changes of the thoracic spine.",
+          "No acute osseous abnormality.", "The visualized osseous structures are unremarkable."]
+_NORMAL = ["No acute cardiopulmonary abnormality.", "No acute cardiopulmonary process."]
+
+
+def _fill(template: str, **kw: str) -> str:
+    kw.update({k.capitalize(): v.capitalize() for k, v in kw.items()})
+    return template.format(**kw)
+
+
+def _report(rng, f) -> str:
+    normal = not any(f[k] for k in FINDINGS)
+    heart = [_fill(_pick(rng, _HEART_POS if f["cardiomegaly"] else _HEART_NEG), sev=f["severity"])]
+    if rng.random() < 0.2:
+        heart.append(_pick(rng, _MEDIASTINUM))
+    sides = [s for s in ("right", "left") if f[f"opacity_{s}"]]
+    lungs = [_fill(_pick(rng, _OPAC_POS), side=s, zone=_pick(rng, _ZONES[f[f"opacity_{s}_zone"]])) for s in sides]
+    if len(sides) == 1 and rng.random() < 0.4:
+        lungs.append(f"The {'left' if sides[0] == 'right' else 'right'} lung is clear.")
+    lungs = lungs or [_pick(rng, _OPAC_NEG)]
+    eff = [s for s in ("right", "left") if f[f"effusion_{s}"]]
+    size = f["effusion_right_size"]
+    if len(eff) == 2:
+        pleural = [_fill(_pick(rng, _EFF_BIL), size=size)]
+    else:
+        pleural = [_fill(_pick(rng, _EFF_POS), size=size, side=s) for s in eff] or [_pick(rng, _EFF_NEG)]
+    ptx = [_fill(_pick(rng, _PTX_POS), side=s) for s in ("right", "left") if f[f"pneumothorax_{s}"]]
+    if not eff and not ptx and rng.random() < 0.35:
+        pleural = ["No pleural effusion or pneumothorax."]
+    else:
+        ptx = ptx or [_pick(rng, _PTX_NEG)]
+        if rng.random() < 0.15:
+            pleural, ptx = ptx, pleural
+    if rng.random() < 0.1:
+        heart, lungs = lungs, heart
+    body = heart + lungs + pleural + ptx
+    tail = [_pick(rng, _BONES) for _ in range(rng.integers(0, 2) if len(body) < 5 else 0)]
+    if normal and rng.random() < 0.5:
+        tail.append(_pick(rng, _NORMAL))
+    return " ".join((body + tail)[:7])
+
+
+# ----------------------------------------------------------------------------------------------------- labeler
+_MENTIONS = {"pneumothorax": "pneumothorax", "pneumothoraces": "pneumothorax", "effusion": "effusion",
+             "effusions": "effusion", "opacity": "opacity", "opacities": "opacity", "opacification": "opacity",
+             "consolidation": "opacity", "consolidations": "opacity", "infiltrate": "opacity",
+             "infiltrates": "opacity", "cardiomegaly": "cardiomegaly"}
+_NEG = {"no", "not", "without", "negative", "free"}
+_STOP = {"but", "however", "although", "though", "whereas", "except"}
+_POST_NEG = re.compile(r"\b(absent|resolved|not (seen|identified|present|visualized|evident))\b")
+_SIDES = {"left": ("left",), "right": ("right",), "bilateral": ("left", "right"), "bilaterally": ("left", "right"),
+          "both": ("left", "right")}
+_HEART_WORDS = {"heart", "cardiac", "cardiomediastinal"}
+
+
+def label_report(text: str) -> dict[str, int]:
+    """{finding: 0/1} for every name in FINDINGS, from a demo-style report (raw or R2Gen-cleaned).
+
+    Per sentence (split on . ; ! ? and newlines): a mention after a negation cue (no/not/without/negative/free,
+    up to but/however/... or the sentence end) or followed by 'not seen'/'absent'/... before the next mention is
+    negative; cardiomegaly is 'cardiomegaly' or 'enlarged/enlargement' in a sentence about the heart ('heart size
+    is normal' mentions nothing). A mention's side comes from left/right/bilateral/both words since the previous
+    mention, else the first one after it; a positive mention with no side counts for both sides.
+    """
+    out = {k: 0 for k in FINDINGS}
+    for sentence in re.split(r"[.;!?\n]", text.lower()):
+        tokens = re.findall(r"[a-z]+", sentence)
+        heart = bool(_HEART_WORDS & set(tokens))
+        mentions = [(i, _MENTIONS.get(t) or "cardiomegaly") for i, t in enumerate(tokens)
+                    if t in _MENTIONS or (heart and t in ("enlarged", "enlargement"))]
+        negated, neg = [], False
+        for i, t in enumerate(tokens):
+            neg = (neg or t in _NEG) and t not in _STOP
+            negated.append(neg)
+        for j, (i, kind) in enumerate(mentions):
+            nxt = mentions[j + 1][0] if j + 1 < len(mentions) else len(tokens)
+            if negated[i] or _POST_NEG.search(" ".join(tokens[i + 1:nxt])):
+                continue
+            if kind == "cardiomegaly":
+                out[kind] = 1
+                continue
+            prev = mentions[j - 1][0] + 1 if j else 0
+            sides = {s for t in tokens[prev:i] for s in _SIDES.get(t, ())}
+            if not sides:
+                after = [_SIDES[t] for t in tokens[i + 1:nxt] if t in _SIDES]
+                sides = set(after[0]) if after else {"left", "right"}
+            for s in sides:
+                out[f"{kind}_{s}"] = 1
+    return out
+
+
+def finding_scores(predictions: list[str], references_labels: list[dict[str, int]]) -> dict[str, float]:
+    """Finding F1 of generated reports: label each prediction with `label_report`, compare with the true labels.
+
+    Returns `finding_f1_macro` (mean of the per-finding F1s), `finding_f1_micro` (F1 of all findings' counts
+    pooled), `finding_acc_exact` (share of studies with every finding right) and `f1/<finding>` for each finding.
+    A finding with no positives in both predictions and truth has F1 1.0 (nothing to find, nothing wrongly found);
+    the same holds for the micro F1.
+    """
+    if len(predictions) != len(references_labels):
+        raise ValueError(f"{len(predictions)} predictions but {len(references_labels)} reference label sets")
+    if not predictions:
+        raise ValueError("finding_scores needs at least one prediction")
+    pred = np.array([[label_report(p)[k] for k in FINDINGS] for p in predictions], dtype=bool)
+    true = np.array([[int(r.get(k, 0)) for k in FINDINGS] for r in references_labels], dtype=bool)
+    tp, fp, fn = (pred & true).sum(0), (pred & ~true).sum(0), (~pred & true).sum(0)
+
+    def f1(tp, fp, fn) -> float:
+        return 1.0 if tp + fp + fn == 0 else float(2 * tp / (2 * tp + fp + fn))
+
+    per = {f"f1/{k}": f1(tp[i], fp[i], fn[i]) for i, k in enumerate(FINDINGS)}
+    return {"finding_f1_macro": float(np.mean(list(per.values()))), "finding_f1_micro": f1(tp.sum(), fp.sum(), fn.sum()),
+            "finding_acc_exact": float((pred == true).all(1).mean()), **per}
+
+
+# ----------------------------------------------------------------------------------------------------- writing
+def _params(n_train, n_val, n_test, image_size, seed) -> dict:
+    return {"n_train": int(n_train), "n_val": int(n_val), "n_test": int(n_test), "image_size": int(image_size),
+            "seed": int(seed), "version": _VERSION}
+
+
+def _is_current(root: Path, params: dict) -> bool:
+    try:
+        return (root / "annotation.json").is_file() and json.loads((root / ".demo_params.json").read_text()) == params
+    except (OSError, ValueError):
+        return False
+
+
+def _write(out: Path, p: dict) -> None:
+    ann: dict[str, list] = {"train": [], "val": [], "test": []}
+    splits = ["train"] * p["n_train"] + ["val"] * p["n_val"] + ["test"] * p["n_test"]
+    for idx, split in enumerate(splits):
+        rng = np.random.default_rng([p["seed"], idx])
+        f = _sample_study(rng)
+        sid = f"demo_{idx:05d}"
+        (out / "images" / sid).mkdir(parents=True)
+        for v, arr in enumerate(_draw(rng, f, p["image_size"])):
+            Image.fromarray(arr, mode="L").save(out / "images" / sid / f"{v}.png", compress_level=1)
+        ann[split].append({"id": sid, "report": _report(rng, f), "image_path": [f"{sid}/0.png", f"{sid}/1.png"],
+                           "split": split, "labels": {k: int(f[k]) for k in FINDINGS}})
+    (out / "annotation.json").write_text(json.dumps(ann, indent=1))
+    (out / ".demo_params.json").write_text(json.dumps(p, sort_keys=True))  # last: marks the set complete
+
+
+def generate_demo(root: str | Path, n_train: int = 2000, n_val: int = 200, n_test: int = 300,
+                  image_size: int = 96, seed: int = 0) -> Path:
+    """Write the demo set under `root` (annotation.json, images/<id>/{0,1}.png, .demo_params.json) and return the
+    path of root/annotation.json. A no-op when root already holds a set with these parameters. Otherwise the set is
+    written to a temporary folder beside root and renamed into place, replacing root as a whole (root is the demo's
+    own folder), so an interrupted or concurrent run never leaves a half-written set behind."""
+    root = Path(root)
+    p = _params(n_train, n_val, n_test, image_size, seed)
+    if _is_current(root, p):
+        return root / "annotation.json"
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
+    try:
+        _write(tmp, p)
+        while True:
+            try:
+                os.replace(tmp, root)  # atomic; fails if root is a non-empty folder
+                break
+            except OSError:
+                if _is_current(root, p):  # a concurrent run with the same parameters got there first
+                    break
+                old = Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent))
+                try:
+                    os.replace(root, old / "set")  # move the stale set aside, then retry
+                except FileNotFoundError:
+                    pass
+                shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return root / "annotation.json"

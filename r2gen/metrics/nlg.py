@@ -1,0 +1,174 @@
+"""Corpus-level NLG scores of generated reports, computed exactly as R2Gen / R2GenGPT do (`compute_scores`).
+
+Scorers (pycocoevalcap 1.2), fed `gts = {i: [reference]}` and `res = {i: [hypothesis]}`, with NO PTBTokenizer:
+
+* `Bleu(4)` -> Bleu_1..Bleu_4: corpus BLEU from n-gram counts pooled over all studies, brevity penalty with the
+  "closest" reference length, and pycocoevalcap's 1e-15 / 1e-9 smoothing constants (so a perfect corpus scores
+  0.99999999..., not exactly 1).
+* `Meteor()` -> METEOR: the METEOR 1.5 jar (`-l en -norm`, exact/stem/synonym/paraphrase matching). Its corpus
+  score is the jar's own aggregate over the statistics of all studies (its "EVAL" line), not a mean of
+  per-study scores.
+* `Rouge()` -> ROUGE_L: mean over studies of the LCS F-measure (beta 1.2) on space-separated tokens.
+* `Cider()` -> CIDEr: pycocoevalcap's `Cider` class, which is CIDEr-D (1- to 4-gram tf-idf cosine, clipped
+  hypothesis counts, Gaussian length penalty sigma 6, x10). Its idf comes from the references of the corpus being
+  scored, so a study's score depends on the whole corpus (a one-study corpus always scores 0).
+
+Callers pass text already cleaned the data set's way (lower-cased, punctuation split off as its own token):
+tokens are whatever lies between spaces. This module only adds two guards the field's scripts lack:
+
+* Whitespace runs (newlines included) become one space, ends stripped. METEOR talks to its JVM one line per
+  request, so a "\\n" or "\\r" in a hypothesis desynchronises the protocol and the read blocks forever.
+* An empty hypothesis (a model may generate nothing) is scored as the token `EMPTY_HYPOTHESIS`, an empty
+  reference as `EMPTY_REFERENCE`: two different nonsense words, so an empty text matches nothing and scores 0
+  (a real word counts as a wrong one), even against an empty reference. Raw empty strings are quirky in
+  pycocoevalcap: Rouge scores "" against "" as 1.0, Cider raises on a corpus with no tokens, and BLEU silently
+  drops an empty hypothesis from the brevity penalty's length.
+
+One METEOR JVM (~2 s to start, ~2 GB heap cap) serves the whole process: started on the first call that asks
+for METEOR, shared under a lock, shut down by `close_meteor()` (registered with atexit).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import io
+import os
+import threading
+from collections.abc import Sequence
+
+from pycocoevalcap.bleu.bleu import Bleu
+from pycocoevalcap.cider.cider import Cider
+from pycocoevalcap.meteor.meteor import Meteor
+from pycocoevalcap.rouge.rouge import Rouge
+
+METRIC_NAMES = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
+EMPTY_HYPOTHESIS = "xxemptyhypothesisxx"
+EMPTY_REFERENCE = "xxemptyreferencexx"
+
+
+class _SharedMeteor(Meteor):
+    """pycocoevalcap's Meteor, unchanged (same command, same `compute_score`), with a shutdown that cannot hang."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._owner_pid = os.getpid()
+        # Nobody reads the JVM's stderr pipe; drain it so a chatty JVM can never block on a full pipe.
+        threading.Thread(target=self.meteor_p.stderr.read, daemon=True, name="meteor-stderr").start()
+
+    def close(self) -> None:
+        # In a forked child this object is a copy: the JVM belongs to the parent, leave it alone.
+        if os.getpid() != self._owner_pid:
+            return
+        proc = self.meteor_p
+        with contextlib.suppress(Exception):
+            proc.stdin.close()
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+    def __del__(self) -> None:
+        # Meteor.__del__ takes the lock that compute_score never releases if it raised (a dead JVM): it would
+        # block garbage collection forever. Closing needs no lock here; callers hold the module's lock.
+        with contextlib.suppress(Exception):
+            self.close()
+
+
+_meteor: _SharedMeteor | None = None
+_meteor_lock = threading.Lock()
+
+
+def _meteor_score(gts: dict, res: dict) -> float:
+    global _meteor
+    with _meteor_lock:
+        if _meteor is None or _meteor._owner_pid != os.getpid():  # a forked child starts its own JVM
+            _meteor = _SharedMeteor()
+        meteor = _meteor
+        try:
+            return float(meteor.compute_score(gts, res)[0])
+        except BaseException:
+            # The JVM's replies are now out of step with its requests and Meteor's own lock stays held:
+            # throw this one away, the next call starts a fresh JVM.
+            meteor.close()
+            if _meteor is meteor:
+                _meteor = None
+            raise
+
+
+def close_meteor() -> None:
+    """Shut the shared METEOR JVM down (a later METEOR score starts a new one)."""
+    global _meteor
+    # A call stuck inside the JVM holds the lock; don't wait for it forever (at exit, say): killing the JVM
+    # ends that call's blocked read, so it fails instead of hanging.
+    locked = _meteor_lock.acquire(timeout=10)
+    try:
+        meteor, _meteor = _meteor, None
+        if meteor is not None:
+            meteor.close()
+    finally:
+        if locked:
+            _meteor_lock.release()
+
+
+atexit.register(close_meteor)
+
+
+def _clean(text: str, placeholder: str) -> str:
+    if not isinstance(text, str):
+        raise TypeError(f"reports must be str, got {type(text).__name__}: {text!r}")
+    # str.split() breaks on every whitespace Java's readLine treats as a line end ("\n", "\r") and more.
+    return " ".join(text.split()) or placeholder
+
+
+def _inputs(hypotheses: Sequence[str], references: Sequence[str]) -> tuple[dict, dict]:
+    """R2Gen's `gts, res` dicts, keyed 0..n-1 in the given order."""
+    hypotheses, references = list(hypotheses), list(references)
+    if len(hypotheses) != len(references):
+        raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references: they must pair up")
+    if not hypotheses:
+        raise ValueError("cannot score an empty corpus: no hypotheses and no references given")
+    gts = {i: [_clean(r, EMPTY_REFERENCE)] for i, r in enumerate(references)}
+    res = {i: [_clean(h, EMPTY_HYPOTHESIS)] for i, h in enumerate(hypotheses)}
+    return gts, res
+
+
+def _bleu(gts: dict, res: dict) -> tuple[list[float], list[list[float]]]:
+    # verbose=0 as R2Gen calls it; the redirect too, because Bleu's default (verbose=1) and other versions print
+    # "{'testlen': ...}" and "ratio: ..." on every call, which would litter the trainer's logs.
+    with contextlib.redirect_stdout(io.StringIO()):
+        return Bleu(4).compute_score(gts, res, verbose=0)
+
+
+def score_corpus(hypotheses: Sequence[str], references: Sequence[str],
+                 metrics: Sequence[str] = METRIC_NAMES) -> dict[str, float]:
+    """Corpus scores of `hypotheses` against one reference each (same order), as python floats keyed by the
+    names asked for (pycocoevalcap's, see METRIC_NAMES). Only the scorers needed run: METEOR's JVM starts only
+    when "METEOR" is asked for."""
+    unknown = [m for m in metrics if m not in METRIC_NAMES]
+    if unknown:
+        raise ValueError(f"unknown metric(s) {unknown}: choose from {METRIC_NAMES}")
+    gts, res = _inputs(hypotheses, references)
+    out: dict[str, float] = {}
+    if any(m.startswith("Bleu_") for m in metrics):
+        bleu, _ = _bleu(gts, res)
+        out.update({f"Bleu_{n + 1}": float(b) for n, b in enumerate(bleu)})
+    if "METEOR" in metrics:
+        out["METEOR"] = _meteor_score(gts, res)
+    if "ROUGE_L" in metrics:
+        out["ROUGE_L"] = float(Rouge().compute_score(gts, res)[0])
+    if "CIDEr" in metrics:
+        out["CIDEr"] = float(Cider().compute_score(gts, res)[0])
+    return {m: out[m] for m in metrics}
+
+
+def per_sample_scores(hypotheses: Sequence[str], references: Sequence[str]) -> list[dict[str, float]]:
+    """Per-study Bleu_4, ROUGE_L and CIDEr, in input order (e.g. for a report viewer to sort studies).
+
+    Each is the per-study list its scorer returns alongside the corpus score; CIDEr's therefore uses the idf
+    of the whole corpus given here, and the mean of its values is the corpus CIDEr."""
+    gts, res = _inputs(hypotheses, references)
+    _, bleu = _bleu(gts, res)
+    _, rouge = Rouge().compute_score(gts, res)
+    _, cider = Cider().compute_score(gts, res)
+    return [{"Bleu_4": float(bleu[3][i]), "ROUGE_L": float(rouge[i]), "CIDEr": float(cider[i])}
+            for i in range(len(res))]
