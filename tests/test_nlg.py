@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import os
 import random
 import threading
 
@@ -16,8 +17,7 @@ from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
 
-from r2gen.metrics import METRIC_NAMES, close_meteor, per_sample_scores, score_corpus
-from r2gen.metrics import nlg
+from r2gen.metrics import METRIC_NAMES, close_meteor, nlg, per_sample_scores, score_corpus
 
 SENTENCES = [
     "the heart size is normal .", "the cardiomediastinal silhouette is within normal limits .",
@@ -64,13 +64,12 @@ def corpus(n: int, seed: int) -> tuple[list[str], list[str]]:
     return hyps, refs
 
 
-def direct(hyps: list[str], refs: list[str]) -> tuple[dict[str, float], dict[str, list[float]]]:
+def direct(hyps: list[str], refs: list[str], meteor: Meteor) -> tuple[dict[str, float], dict[str, list[float]]]:
     """R2Gen's compute_scores on the same inputs: gts = {i: [ref]}, res = {i: [hyp]}, no tokenizer."""
     gts = {i: [r] for i, r in enumerate(refs)}
     res = {i: [h] for i, h in enumerate(hyps)}
     with contextlib.redirect_stdout(io.StringIO()):
         bleu, bleu_each = Bleu(4).compute_score(gts, res, verbose=0)
-    meteor = Meteor()
     try:
         met, _ = meteor.compute_score(gts, res)
     finally:
@@ -88,7 +87,8 @@ def test_scores_equal_direct_pycocoevalcap():
     hyps, refs = corpus(30, seed=0)
     messy = [h.replace(" . ", " .\n", 1) + "  \t" for h in hyps]  # whitespace that normalisation removes
     ours = with_timeout(lambda: score_corpus(messy, refs))
-    expected, expected_each = with_timeout(lambda: direct([" ".join(h.split()) for h in messy], refs))
+    meteor = Meteor()  # a plain one of our own, as R2Gen builds it
+    expected, expected_each = with_timeout(lambda: direct([" ".join(h.split()) for h in messy], refs, meteor))
     assert list(ours) == list(METRIC_NAMES)
     assert all(type(v) is float for v in ours.values())
     for name in METRIC_NAMES:
@@ -161,9 +161,6 @@ def test_bad_inputs_raise():
 
 def test_one_meteor_jvm_reused_and_closed():
     hyps, refs = corpus(8, seed=2)
-    close_meteor()
-    assert score_corpus(hyps, refs, metrics=("Bleu_4", "CIDEr")).keys() == {"Bleu_4", "CIDEr"}
-    assert nlg._meteor is None  # no METEOR asked for: no JVM started
     first = with_timeout(lambda: score_corpus(hyps, refs, metrics=("METEOR",)))
     meteor, pid = nlg._meteor, nlg._meteor.meteor_p.pid
     second = with_timeout(lambda: score_corpus(hyps, refs))
@@ -175,8 +172,48 @@ def test_one_meteor_jvm_reused_and_closed():
     proc = meteor.meteor_p
     close_meteor()
     assert nlg._meteor is None and proc.poll() is not None
-    with_timeout(lambda: score_corpus(hyps, refs, metrics=("METEOR",)))
-    assert nlg._meteor.meteor_p.pid != pid  # a fresh JVM after closing
+    close_meteor()  # idempotent
+    assert score_corpus(hyps, refs, metrics=("Bleu_4", "CIDEr")).keys() == {"Bleu_4", "CIDEr"}
+    assert nlg._meteor is None  # no METEOR asked for: no JVM started
+
+
+class FakeMeteor:
+    """Stands in for the JVM (each real start costs ~7 s): counts starts and closes, fails on demand."""
+
+    started = closed = 0
+    fail = False
+
+    def __init__(self):
+        type(self).started += 1
+        self._owner_pid = os.getpid()
+
+    def compute_score(self, gts, res):
+        if self.fail:
+            raise ValueError("could not convert string to float: ''")  # what a dead JVM looks like
+        return 0.25, [0.25] * len(res)
+
+    def close(self):
+        type(self).closed += 1
+
+
+def test_meteor_restarts_after_close_and_after_a_failure(monkeypatch):
+    close_meteor()
+    monkeypatch.setattr(nlg, "_SharedMeteor", FakeMeteor)
+    assert score_corpus(["a"], ["a"], metrics=("METEOR",)) == {"METEOR": 0.25}
+    score_corpus(["a"], ["a"], metrics=("METEOR",))
+    assert FakeMeteor.started == 1
+    close_meteor()
+    assert FakeMeteor.closed == 1 and nlg._meteor is None
+    score_corpus(["a"], ["a"], metrics=("METEOR",))
+    assert FakeMeteor.started == 2  # started again, lazily, after closing
+    # A failure mid-protocol leaves pycocoevalcap's Meteor out of step (and its lock held): it is thrown away.
+    monkeypatch.setattr(FakeMeteor, "fail", True)
+    with pytest.raises(ValueError, match="convert"):
+        score_corpus(["a"], ["a"], metrics=("METEOR",))
+    assert nlg._meteor is None and FakeMeteor.closed == 2
+    monkeypatch.setattr(FakeMeteor, "fail", False)
+    assert score_corpus(["a"], ["a"], metrics=("METEOR",)) == {"METEOR": 0.25} and FakeMeteor.started == 3
+    close_meteor()
 
 
 def _in_threads(fn, n: int) -> list:

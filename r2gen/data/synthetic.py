@@ -26,7 +26,7 @@ from PIL import Image
 
 FINDINGS: tuple[str, ...] = ("cardiomegaly", "effusion_left", "effusion_right", "opacity_left", "opacity_right",
                              "pneumothorax_left", "pneumothorax_right")
-_VERSION = 1  # bump when drawing or reports change, so cached demo sets are regenerated
+_VERSION = 2  # bump when drawing or reports change, so cached demo sets are regenerated
 _SIDE_X = {"right": -1.0, "left": 1.0}  # image-x direction of the patient's side (patient's left = image right)
 _ZONE_Y = {"upper": -0.40, "mid": 0.0, "lower": 0.24}  # lung-zone height relative to the lung centre
 
@@ -36,7 +36,9 @@ _ZONE_Y = {"upper": -0.40, "mid": 0.0, "lower": 0.24}  # lung-zone height relati
 def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
     """Pixel-centre coordinates in [-1, 1] (x to the image right, y down), computed once per size."""
     t = ((np.arange(size, dtype=np.float32) + 0.5) / size) * 2 - 1
-    return np.meshgrid(t, t)
+    gx, gy = np.meshgrid(t, t)
+    gx.flags.writeable = gy.flags.writeable = False  # shared by every study: never drawn into
+    return gx, gy
 
 
 def _soft(d: np.ndarray, w: float) -> np.ndarray:
@@ -46,7 +48,18 @@ def _soft(d: np.ndarray, w: float) -> np.ndarray:
 
 def _superellipse(x, y, cx, cy, a, b, p=2.0):
     """Normalised radius: < 1 inside the superellipse centred (cx, cy) with half-axes a, b."""
-    return (np.abs((x - cx) / a) ** p + np.abs((y - cy) / b) ** p) ** (1.0 / p)
+    u, v = (x - cx) / a, (y - cy) / b
+    u, v = u * u, v * v
+    if p == 2:  # fast paths: fractional powers cost ~20x a multiply
+        return np.sqrt(u + v)
+    if p == 4:
+        return np.sqrt(np.sqrt(u * u + v * v))
+    return (u ** (p / 2) + v ** (p / 2)) ** (1.0 / p)
+
+
+def _pow6(c):
+    c = c * c
+    return c * c * c
 
 
 def _blend(img, mask, value):
@@ -54,70 +67,85 @@ def _blend(img, mask, value):
     img += mask * value
 
 
+def _dome(x, cx, cy, a, b, name):
+    """Hemidiaphragm: domes up medially, leaving a sharp lateral costophrenic angle; the patient's right one sits a
+    little higher, over the liver."""
+    return cy + 0.86 * b - 0.17 * (1 - np.clip((x - cx) / a, -1.3, 1.3) ** 2) - (0.04 if name == "right" else 0.0)
+
+
 def _frontal(rng, x, y, f) -> np.ndarray:
+    """PA view, in the study's own (jittered) coordinates; intensities 0 (air) .. ~1 (bone)."""
     img = np.full(x.shape, 0.05, np.float32)  # air outside the body
-    _blend(img, _soft(1 - _superellipse(x, y, 0, 0.2, 0.92, 1.2, 4), 0.06), 0.42)  # soft tissue of the trunk
+    _blend(img, _soft(1 - _superellipse(x, y, 0, 0.22, 0.88, 1.25, 4), 0.06), 0.40)  # soft tissue of the trunk
+    cy, a, b = -0.08, 0.30, 0.62
+    below = np.where(x < 0, _dome(x, -0.4, cy, a, b, "right"), _dome(x, 0.4, cy, a, b, "left"))
+    _blend(img, _soft(y - below, 0.05) * _soft(0.8 - np.abs(x), 0.1), 0.56)  # liver / upper abdomen
     rib_phase = rng.uniform(0, 6.3)
     for name, sx in _SIDE_X.items():
-        cx, cy, a, b = sx * 0.40, -0.08, 0.30, 0.62
-        # Lungs taper towards the apex; the hemidiaphragm domes up medially, leaving a sharp lateral
-        # costophrenic angle (the patient's right one sits a little higher, over the liver).
-        a_v = a * (0.72 + 0.28 * np.clip((y - cy + b) / (1.2 * b), 0, 1))
+        cx = sx * 0.40
+        a_v = a * (0.72 + 0.28 * np.clip((y - cy + b) / (1.2 * b), 0, 1))  # lungs taper towards the apex
         r = _superellipse(x, y, cx, cy, a_v, b, 2.4)
-        dome = cy + 0.86 * b - 0.17 * (1 - ((x - cx) / a) ** 2) - (0.04 if name == "right" else 0.0)
-        lung = _soft(1 - r, 0.05) * _soft(dome - y, 0.04)
-        # Vessels fan out from the hilum; posterior ribs cross the lung as faint curved bands.
+        lung = _soft(1 - r, 0.05) * _soft(_dome(x, cx, cy, a, b, name) - y, 0.04)
+        # Vessels fan out from the hilum and fade to the periphery; posterior ribs arch across as faint bands.
         hx, hy = sx * 0.17, -0.02
-        theta, rad = np.arctan2(y - hy, (x - hx) * sx), np.hypot(x - hx, y - hy)
-        ph = rng.uniform(0, 6.3, 2)
-        vessels = (0.5 + 0.5 * np.cos(15 * theta + ph[0] + 6 * rad)) ** 8 + (0.5 + 0.5 * np.cos(23 * theta + ph[1] - 5 * rad)) ** 8
-        vessels *= np.exp(-rad / 0.45) * 0.14
-        ribs = 0.05 * (0.5 + 0.5 * np.cos(2 * np.pi * (y + 0.35 * (x - cx) ** 2 * sx * (x - cx) / a) / 0.19 + rib_phase)) ** 3
-        field = 0.13 + vessels + ribs
+        theta, rad = np.arctan2(y - hy, (x - hx) * sx), np.sqrt((x - hx) ** 2 + (y - hy) ** 2)
+        ph = rng.uniform(0, 6.3, 4).tolist()  # python floats keep the arrays float32
+        vessels = (_pow6(0.5 + 0.5 * np.cos(13 * theta + ph[0] + 7 * rad)) * (0.6 + 0.4 * np.cos(5 * theta + ph[1]))
+                   + _pow6(0.5 + 0.5 * np.cos(21 * theta + ph[2] - 6 * rad)) * (0.6 + 0.4 * np.cos(7 * theta + ph[3])))
+        vessels *= np.exp(-rad / 0.35) * 0.16
+        dxl = x - cx
+        ribs = 0.5 + 0.5 * np.cos(2 * np.pi * (y + 0.6 * dxl**2 - 0.2 * dxl * sx) / 0.19 + rib_phase)
+        ribs = 0.06 * ribs * ribs * ribs
+        field = 0.16 + vessels + ribs
         if f[f"pneumothorax_{name}"]:
             # The collapsed lung retracts medially and down; the apical/lateral rim is a vessel-free dark
             # crescent, bounded by the thin bright visceral pleural line.
             ca, cb = a * rng.uniform(0.66, 0.74), b * rng.uniform(0.74, 0.80)
-            ccx, ccy = cx - sx * 0.07, cy + 0.13
+            ccx, ccy = cx - sx * 0.07, cy + 0.12
             rc = _superellipse(x, y, ccx, ccy, ca * (0.72 + 0.28 * np.clip((y - ccy + cb) / (1.2 * cb), 0, 1)), cb, 2.4)
             ptx = _soft(rc - 1, 0.03)
             facing = _soft((x - ccx) * sx * 0.6 - (y - ccy), 0.1)  # only the apical/lateral part of the line
-            field = field * (1 - ptx) + 0.035 * ptx + 0.30 * np.exp(-(((rc - 1) / 0.03) ** 2)) * facing
+            field = field * (1 - ptx) + 0.03 * ptx + 0.28 * np.exp(-(((rc - 1) / 0.03) ** 2)) * facing
         _blend(img, lung, field)
         if f[f"opacity_{name}"]:
             oy = cy + _ZONE_Y[f[f"opacity_{name}_zone"]] + rng.uniform(-0.04, 0.04)
             ox = cx + rng.uniform(-0.07, 0.07)
             blob = sum(np.exp(-((x - ox - dx) ** 2 + (y - oy - dy) ** 2) / (2 * s * s))
-                       for dx, dy, s in rng.uniform([-0.05, -0.05, 0.08], [0.05, 0.05, 0.12], (3, 3)))
+                       for dx, dy, s in rng.uniform([-0.05, -0.05, 0.07], [0.05, 0.05, 0.11], (3, 3)).tolist())
             img += lung * np.clip(blob, 0, 1.2) * rng.uniform(0.30, 0.38)
         size = f[f"effusion_{name}"] and f[f"effusion_{name}_size"]
         if size:
             # Fluid fills the lung base, hiding the diaphragm and the costophrenic angle, with a meniscus that
             # climbs the lateral chest wall.
-            level = cy + 0.86 * b - (0.22 if size == "small" else 0.42) + rng.uniform(-0.03, 0.03)
+            level = cy + 0.86 * b - (0.24 if size == "small" else 0.42) + rng.uniform(-0.03, 0.03)
             lat = np.clip(((x - cx) * sx / a + 1) / 2, 0, 1)
-            fluid = _soft(1 - _superellipse(x, y, cx, cy + 0.06, a * 1.02, b, 3), 0.05) * _soft(y - (level - 0.16 * lat**2), 0.07)
-            _blend(img, fluid, 0.60)
-    # Mediastinum and spine down the middle, aortic knob on the patient's left, heart low and to the patient's left.
-    _blend(img, _soft(0.11 + 0.05 * np.clip(y, 0, 1) - np.abs(x - 0.01), 0.04) * _soft(y + 0.95, 0.1), 0.74)
-    _blend(img, _soft(0.055 - np.abs(x), 0.03), 0.82)
-    _blend(img, _soft(1 - _superellipse(x, y, 0.11, -0.33, 0.08, 0.07), 0.2), 0.76)
-    _blend(img, _soft(1 - _superellipse(x, y, 0.06 + 0.35 * (f["heart_w"] - 0.29), 0.33, f["heart_w"], 0.25 + 0.25 * (f["heart_w"] - 0.29)), 0.08), 0.72)
-    # Liver/abdomen below the domes (no lung there): already soft tissue, made slightly brighter.
+            fluid = _soft(1 - _superellipse(x, y, cx, cy + 0.06, a * 1.02, b, 4), 0.05) * _soft(y - (level - 0.26 * lat**2), 0.07)
+            _blend(img, fluid, 0.57)
+    # Clavicles, the mediastinum with the spine seen through it, the aortic knob on the patient's left, and the heart
+    # low and to the patient's left (image right).
+    for sx in (-1, 1):
+        clav = _soft(0.035 - np.abs(y - (-0.56 - 0.28 * np.abs(x) + 0.2 * (np.abs(x) - 0.35) ** 2)), 0.03)
+        img += 0.2 * clav * _soft(0.31 - np.abs(x - sx * 0.39), 0.06)
+    _blend(img, _soft(0.10 + 0.06 * np.clip(y + 0.3, 0, 1) - np.abs(x - 0.01), 0.04) * _soft(y + 0.95, 0.1), 0.60)
+    _blend(img, _soft(0.05 - np.abs(x), 0.03), 0.66 + 0.03 * np.cos(2 * np.pi * y / 0.16))
+    _blend(img, _soft(1 - _superellipse(x, y, 0.11, -0.33, 0.08, 0.07), 0.2), 0.66)
+    hw = f["heart_w"]
+    _blend(img, _soft(1 - _superellipse(x, y, 0.06 + 0.35 * (hw - 0.29), 0.33, hw, 0.25 + 0.25 * (hw - 0.29)), 0.08), 0.72)
     return img
 
 
 def _lateral(rng, x, y, f) -> np.ndarray:
     """Lateral view: anterior to the image left, spine posterior (right); left and right lungs superimpose."""
     img = np.full(x.shape, 0.05, np.float32)
-    _blend(img, _soft(1 - _superellipse(x, y, 0, 0.15, 0.88, 1.15, 4), 0.06), 0.42)
+    _blend(img, _soft(1 - _superellipse(x, y, 0, 0.15, 0.88, 1.2, 4), 0.06), 0.40)
     cx, cy, a, b = 0.0, -0.06, 0.58, 0.62
-    lung = _soft(1 - _superellipse(x, y, cx, cy, a, b, 2.4), 0.05)
-    lung *= _soft(cy + 0.84 * b - 0.22 * (1 - ((x - cx) / a) ** 2) - y, 0.04)  # domes, deepest posteriorly
-    ph = rng.uniform(0, 6.3)
-    theta, rad = np.arctan2(y + 0.02, x - 0.05), np.hypot(x - 0.05, y + 0.02)
-    field = 0.17 + 0.10 * (0.5 + 0.5 * np.cos(17 * theta + ph + 5 * rad)) ** 8 * np.exp(-rad / 0.4)
-    _blend(img, lung, field)
+    dome = cy + 0.84 * b - 0.22 * (1 - np.clip((x - cx) / a, -1.2, 1.2) ** 2)  # deepest posteriorly
+    _blend(img, _soft(y - dome, 0.05) * _soft(0.8 - np.abs(x), 0.1), 0.56)
+    lung = _soft(1 - _superellipse(x, y, cx, cy, a, b, 2.4), 0.05) * _soft(dome - y, 0.04)
+    ph = rng.uniform(0, 6.3, 2).tolist()
+    theta, rad = np.arctan2(y + 0.02, x - 0.05), np.sqrt((x - 0.05) ** 2 + (y + 0.02) ** 2)
+    vessels = _pow6(0.5 + 0.5 * np.cos(17 * theta + ph[0] + 6 * rad)) * (0.6 + 0.4 * np.cos(6 * theta + ph[1]))
+    _blend(img, lung, 0.16 + 0.14 * vessels * np.exp(-rad / 0.35))
     for name in _SIDE_X:  # a blob at the height it has on the frontal view; side can't be told here
         if f[f"opacity_{name}"]:
             oy, ox = cy + _ZONE_Y[f[f"opacity_{name}_zone"]] + rng.uniform(-0.04, 0.04), rng.uniform(-0.2, 0.3)
@@ -125,15 +153,15 @@ def _lateral(rng, x, y, f) -> np.ndarray:
             img += lung * np.exp(-((x - ox) ** 2 + (y - oy) ** 2) / (2 * s * s)) * rng.uniform(0.22, 0.28)
     sizes = [f[f"effusion_{n}_size"] for n in _SIDE_X if f[f"effusion_{n}"]]
     if sizes:  # fluid layers in the posterior costophrenic sulcus (more of it if both sides have some)
-        h = sum(0.22 if s == "small" else 0.36 for s in sizes) * (0.75 if len(sizes) == 2 else 1.0)
+        h = sum(0.24 if s == "small" else 0.40 for s in sizes) * (0.75 if len(sizes) == 2 else 1.0)
         level = cy + 0.84 * b - h + rng.uniform(-0.03, 0.03)
         post = np.clip((x - cx) / a, 0, 1)
-        fluid = _soft(1 - _superellipse(x, y, cx, cy + 0.05, a, b, 3), 0.05) * _soft(y - (level - 0.05 + 0.18 * (1 - post)), 0.06)
-        _blend(img, fluid * _soft(x + 0.1, 0.2), 0.58)
-    # Spine posterior with vertebral bodies and disc spaces; sternum anterior; heart anterior-inferior.
-    spine = _soft(0.11 - np.abs(x - 0.72), 0.04) * _soft(y + 0.9, 0.1)
-    _blend(img, spine, 0.70 - 0.12 * (0.5 + 0.5 * np.cos(2 * np.pi * y / 0.17)) ** 6)
-    _blend(img, _soft(0.035 - np.abs(x + 0.74 - 0.05 * y), 0.03) * _soft(0.6 - np.abs(y + 0.1), 0.1), 0.62)
+        fluid = _soft(1 - _superellipse(x, y, cx, cy + 0.05, a, b, 4), 0.05) * _soft(y - (level - 0.05 + 0.18 * (1 - post)), 0.06)
+        _blend(img, fluid * _soft(x + 0.1, 0.2), 0.57)
+    # Spine posterior (vertebral bodies with darker disc spaces), sternum anterior, heart anterior-inferior.
+    spine = _soft(0.10 - np.abs(x - 0.70 + 0.05 * y), 0.04) * _soft(y + 0.9, 0.1)
+    _blend(img, spine, 0.62 - 0.10 * _pow6(0.5 + 0.5 * np.cos(2 * np.pi * y / 0.17)))
+    _blend(img, _soft(0.03 - np.abs(x + 0.74 - 0.05 * y), 0.03) * _soft(0.6 - np.abs(y + 0.1), 0.1), 0.58)
     hw = 0.30 + 1.1 * (f["heart_w"] - 0.29)  # an enlarged heart grows back towards the spine
     _blend(img, _soft(1 - _superellipse(x, y, -0.50 + hw, 0.34, hw, 0.26 + 0.3 * (f["heart_w"] - 0.29)), 0.08), 0.68)
     return img
@@ -142,9 +170,9 @@ def _lateral(rng, x, y, f) -> np.ndarray:
 def _finish(rng, img, x, y) -> np.ndarray:
     """Per-study exposure: contrast/brightness/gamma jitter, a smooth shading gradient and quantum noise."""
     phi = rng.uniform(0, 2 * np.pi)
-    img = img + 0.05 * (x * np.cos(phi) + y * np.sin(phi))
-    img = np.clip(img * rng.uniform(0.9, 1.1) + rng.uniform(-0.04, 0.04), 0, 1) ** rng.uniform(0.85, 1.15)
-    img = img + rng.normal(0, rng.uniform(0.012, 0.025), img.shape)
+    img = img + 0.05 * (x * float(np.cos(phi)) + y * float(np.sin(phi)))
+    img = np.clip(img * rng.uniform(0.9, 1.1) + rng.uniform(-0.03, 0.03), 0, 1) ** rng.uniform(0.85, 1.15)
+    img = img + rng.standard_normal(img.shape, dtype=np.float32) * np.float32(rng.uniform(0.012, 0.025))
     return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
@@ -153,8 +181,8 @@ def _draw(rng, f, size: int) -> list[np.ndarray]:
     views = []
     for draw in (_frontal, _lateral):
         # Patient positioning jitter: shift and scale (drawing in the study's own coordinates).
-        s, dx, dy = rng.uniform(0.93, 1.07), rng.uniform(-0.05, 0.05, 2), rng.uniform(-0.05, 0.05)
-        x, y = (gx - dx[0]) / (s * rng.uniform(0.96, 1.04)), (gy - dy) / s
+        s, dx, dy = rng.uniform(0.93, 1.07), rng.uniform(-0.05, 0.05), rng.uniform(-0.05, 0.05)
+        x, y = (gx - dx) / (s * rng.uniform(0.96, 1.04)), (gy - dy) / s
         views.append(_finish(rng, draw(rng, x, y, f), gx, gy))
     return views
 
@@ -189,26 +217,40 @@ def _sample_study(rng) -> dict:
 
 
 _HEART_POS = ["The heart is enlarged.", "Cardiomegaly.", "The cardiac silhouette is enlarged.", "{Sev} cardiomegaly.",
-              "The heart is {sev}ly enlarged.", "There is {sev} enlargement of the cardiac silhouette."]
+              "The heart is {sev}ly enlarged.", "There is {sev} enlargement of the cardiac silhouette.",
+              "Enlarged cardiac silhouette.", "The heart size is {sev}ly enlarged, compatible with cardiomegaly."]
 _HEART_NEG = ["Heart size is normal.", "The cardiomediastinal silhouette is within normal limits.",
               "The heart is normal in size.", "Normal heart size.", "The cardiac silhouette is not enlarged.",
-              "Heart size and mediastinal contours are normal."]
-_MEDIASTINUM = ["The mediastinal contours are normal.", "The mediastinum is unremarkable."]
-_ZONES = {"upper": ["upper lobe", "upper lung zone"], "mid": ["mid lung zone", "midlung"], "lower": ["lower lobe", "lung base"]}
+              "Heart size and mediastinal contours are normal.", "The heart and mediastinum are unremarkable."]
+_MEDIASTINUM = ["The mediastinal contours are normal.", "The mediastinum is unremarkable.", "The trachea is midline.",
+                "The hilar contours are normal.", "Pulmonary vascularity is within normal limits."]
+_ZONES = {"upper": ["upper lobe", "upper lung zone", "apex"], "mid": ["mid lung zone", "midlung", "perihilar region"],
+          "lower": ["lower lobe", "lung base", "lower lung zone"]}
 _OPAC_POS = ["Focal opacity in the {side} {zone}.", "There is an airspace opacity in the {side} {zone}.",
-             "{Side} {zone} consolidation.", "Patchy opacity in the {side} {zone}, concerning for pneumonia."]
+             "{Side} {zone} consolidation.", "Patchy opacity in the {side} {zone}, concerning for pneumonia.",
+             "Rounded opacity projecting over the {side} {zone}.",
+             "Consolidation in the {side} {zone}, which may represent infection or aspiration."]
 _OPAC_NEG = ["The lungs are clear.", "No focal consolidation.", "There is no focal airspace opacity.",
-             "The lungs are clear without focal consolidation.", "No focal airspace consolidation."]
+             "The lungs are clear without focal consolidation.", "No focal airspace consolidation.",
+             "The lungs are well expanded and clear.", "Lungs are clear bilaterally."]
 _EFF_POS = ["{Size} {side} pleural effusion.", "There is a {size} {side} pleural effusion.",
-            "{Size} {side} pleural effusion with blunting of the costophrenic angle."]
-_EFF_BIL = ["Bilateral pleural effusions.", "{Size} bilateral pleural effusions.", "There are {size} bilateral pleural effusions."]
-_EFF_NEG = ["No pleural effusion.", "No effusion.", "There is no pleural effusion.", "No pleural effusions."]
-_PTX_POS = ["Small {side} apical pneumothorax.", "There is a small {side} pneumothorax.",
-            "A {side} apical pneumothorax is present.", "{Side} pneumothorax with a visible pleural line."]
-_PTX_NEG = ["No pneumothorax.", "There is no pneumothorax.", "No evidence of pneumothorax."]
+            "{Size} {side} pleural effusion with blunting of the costophrenic angle.",
+            "A {size} {side} pleural effusion is seen.",
+            "Blunting of the {side} costophrenic angle, consistent with a {size} pleural effusion."]
+_EFF_BIL = ["Bilateral pleural effusions.", "{Size} bilateral pleural effusions.", "There are {size} bilateral pleural effusions.",
+            "{Size} pleural effusions are present bilaterally."]
+_EFF_NEG = ["No pleural effusion.", "No effusion.", "There is no pleural effusion.", "No pleural effusions.",
+            "The costophrenic angles are sharp."]
+_PTX_POS = ["Small {side} apical pneumothorax.", "There is a {side} pneumothorax.",
+            "A {side} apical pneumothorax is present.", "{Side} pneumothorax with a visible pleural line.",
+            "A thin pleural line at the {side} apex indicates a pneumothorax."]
+_PTX_NEG = ["No pneumothorax.", "There is no pneumothorax.", "No evidence of pneumothorax.", "No pneumothorax is identified."]
 _BONES = ["The osseous structures are intact.", "Degenerative changes of the thoracic spine.",
-          "No acute osseous abnormality.", "The visualized osseous structures are unremarkable."]
-_NORMAL = ["No acute cardiopulmonary abnormality.", "No acute cardiopulmonary process."]
+          "No acute osseous abnormality.", "The visualized osseous structures are unremarkable.",
+          "Mild degenerative changes are seen in the spine.", "No acute bony abnormality.",
+          "The soft tissues are unremarkable."]
+_NORMAL = ["No acute cardiopulmonary abnormality.", "No acute cardiopulmonary process.",
+           "No radiographic evidence of acute disease."]
 
 
 def _fill(template: str, **kw: str) -> str:
@@ -219,12 +261,13 @@ def _fill(template: str, **kw: str) -> str:
 def _report(rng, f) -> str:
     normal = not any(f[k] for k in FINDINGS)
     heart = [_fill(_pick(rng, _HEART_POS if f["cardiomegaly"] else _HEART_NEG), sev=f["severity"])]
-    if rng.random() < 0.2:
+    if rng.random() < 0.2 and "mediastin" not in heart[0]:
         heart.append(_pick(rng, _MEDIASTINUM))
     sides = [s for s in ("right", "left") if f[f"opacity_{s}"]]
     lungs = [_fill(_pick(rng, _OPAC_POS), side=s, zone=_pick(rng, _ZONES[f[f"opacity_{s}_zone"]])) for s in sides]
-    if len(sides) == 1 and rng.random() < 0.4:
-        lungs.append(f"The {'left' if sides[0] == 'right' else 'right'} lung is clear.")
+    other = {"left": "right", "right": "left"}[sides[0]] if len(sides) == 1 else None
+    if other and not f[f"effusion_{other}"] and not f[f"pneumothorax_{other}"] and rng.random() < 0.4:
+        lungs.append(f"The {other} lung is clear.")
     lungs = lungs or [_pick(rng, _OPAC_NEG)]
     eff = [s for s in ("right", "left") if f[f"effusion_{s}"]]
     size = f["effusion_right_size"]
@@ -267,8 +310,8 @@ def label_report(text: str) -> dict[str, int]:
     Per sentence (split on . ; ! ? and newlines): a mention after a negation cue (no/not/without/negative/free,
     up to but/however/... or the sentence end) or followed by 'not seen'/'absent'/... before the next mention is
     negative; cardiomegaly is 'cardiomegaly' or 'enlarged/enlargement' in a sentence about the heart ('heart size
-    is normal' mentions nothing). A mention's side comes from left/right/bilateral/both words since the previous
-    mention, else the first one after it; a positive mention with no side counts for both sides.
+    is normal' mentions nothing). A mention's side comes from the nearest left/right/bilateral/both words
+    since the previous mention, else the first one after it; a positive mention with no side counts for both sides.
     """
     out = {k: 0 for k in FINDINGS}
     for sentence in re.split(r"[.;!?\n]", text.lower()):
@@ -277,7 +320,7 @@ def label_report(text: str) -> dict[str, int]:
         mentions = [(i, _MENTIONS.get(t) or "cardiomegaly") for i, t in enumerate(tokens)
                     if t in _MENTIONS or (heart and t in ("enlarged", "enlargement"))]
         negated, neg = [], False
-        for i, t in enumerate(tokens):
+        for t in tokens:  # a cue negates up to the sentence end or a but/however
             neg = (neg or t in _NEG) and t not in _STOP
             negated.append(neg)
         for j, (i, kind) in enumerate(mentions):
@@ -287,8 +330,12 @@ def label_report(text: str) -> dict[str, int]:
             if kind == "cardiomegaly":
                 out[kind] = 1
                 continue
-            prev = mentions[j - 1][0] + 1 if j else 0
-            sides = {s for t in tokens[prev:i] for s in _SIDES.get(t, ())}
+            sides: set[str] = set()  # the nearest side words before it ("left and right" counts as one)
+            for t in reversed(tokens[mentions[j - 1][0] + 1 if j else 0:i]):
+                if t in _SIDES:
+                    sides.update(_SIDES[t])
+                elif sides and t not in ("and", "or"):
+                    break
             if not sides:
                 after = [_SIDES[t] for t in tokens[i + 1:nxt] if t in _SIDES]
                 sides = set(after[0]) if after else {"left", "right"}
@@ -343,7 +390,7 @@ def _write(out: Path, p: dict) -> None:
         sid = f"demo_{idx:05d}"
         (out / "images" / sid).mkdir(parents=True)
         for v, arr in enumerate(_draw(rng, f, p["image_size"])):
-            Image.fromarray(arr, mode="L").save(out / "images" / sid / f"{v}.png", compress_level=1)
+            Image.fromarray(arr).save(out / "images" / sid / f"{v}.png", compress_level=1)
         ann[split].append({"id": sid, "report": _report(rng, f), "image_path": [f"{sid}/0.png", f"{sid}/1.png"],
                            "split": split, "labels": {k: int(f[k]) for k in FINDINGS}})
     (out / "annotation.json").write_text(json.dumps(ann, indent=1))
@@ -362,6 +409,7 @@ def generate_demo(root: str | Path, n_train: int = 2000, n_val: int = 200, n_tes
         return root / "annotation.json"
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
+    os.chmod(tmp, 0o755)  # mkdtemp's 0700 would otherwise become the demo folder's mode
     try:
         _write(tmp, p)
         while True:
