@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed  ## create .venv and install r2gen with its test tools
 
 demo: install  ## train on the built-in synthetic demo (CPU, ~4 min), then evaluate its best checkpoint
-	$(PY) train.py hydra.run.dir=$(RUN)
+	$(PY) train.py hydra.run.dir=$(RUN) test_after_fit=false
 	$(PY) evaluate.py ckpt=$(RUN)/checkpoints/best.ckpt hydra.run.dir=$(RUN)/evaluate
 
 test: install  ## run the whole test suite (what CI runs)
