@@ -27,15 +27,22 @@ def prepare_data(data_cfg: DictConfig) -> None:
 
 
 def lm_path(cfg: DictConfig) -> str:
-    """The LM folder or hub id to load. An LM with a `build` block (lm=tiny) is built locally on first use, with a
-    tokenizer trained on this data set's cleaned training reports, into `<name_or_path>-<fingerprint>`."""
-    if not cfg.lm.get("build"):
-        return str(cfg.lm.name_or_path)
+    """The LM folder or hub id to load.
+
+    An LM config with a `build` block (lm=tiny) is a recipe for a model generated under `paths.cache_dir`: built on
+    first use, with a tokenizer trained on this data set's cleaned training reports, into
+    `<name_or_path>-<fingerprint>`. A `name_or_path` outside the cache folder is the user's own model (a folder or
+    a hub id) and is loaded as given, so `lm.name_or_path=<dir>` works on top of any lm config.
+    """
+    name = str(cfg.lm.name_or_path)
+    cache = Path(cfg.paths.cache_dir).resolve()
+    if not cfg.lm.get("build") or not Path(name).resolve().is_relative_to(cache):
+        return name
     from r2gen.models.tiny_lm import ensure_tiny_lm
 
     clean = get_cleaner(cfg.data.clean)
     reports = [clean(e["report"]) for e in read_annotation(cfg.data.annotation)["train"]]
-    return str(ensure_tiny_lm(cfg.lm.name_or_path, reports, cfg.lm.build))
+    return str(ensure_tiny_lm(name, reports, cfg.lm.build))
 
 
 def datamodule(cfg: DictConfig, model) -> ReportDataModule:

@@ -1,0 +1,33 @@
+"""The README's demo, run as a user runs it: `python train.py` with no arguments learns to name the findings
+drawn into the images, far better than any fixed report, and loses that skill when the images are shuffled."""
+
+import json
+
+import pytest
+
+from .test_train import run_cli
+
+# Best constant reports on the demo test split (benchmarks/demo_baseline.py): finding macro-F1 0.17 at best,
+# CIDEr 0.87 at best. A model that reads the images must clear both by a wide margin.
+CONSTANT_BEST_F1 = 0.17
+CONSTANT_BEST_CIDER = 0.87
+
+
+@pytest.mark.slow
+def test_default_demo_learns_from_the_images(tmp_path):
+    run = tmp_path / "demo"
+    r = run_cli("train.py", f"hydra.run.dir={run}", "trainer.enable_progress_bar=false", cache_dir=tmp_path / "cache")
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = json.loads((run / "test" / "metrics.json").read_text())
+    assert m["n_studies"] == 300
+    assert m["finding_f1_macro"] > CONSTANT_BEST_F1 + 0.5, m
+    assert m["CIDEr"] > CONSTANT_BEST_CIDER + 0.2, m
+
+    # the same checkpoint with every study given another study's images: the findings are no longer named
+    r = run_cli("evaluate.py", f"ckpt={run}/checkpoints/best.ckpt", "shuffle_images=true",
+                f"hydra.run.dir={tmp_path / 'shuffled'}", "trainer.enable_progress_bar=false",
+                cache_dir=tmp_path / "cache")
+    assert r.returncode == 0, r.stderr[-3000:]
+    shuffled = json.loads((tmp_path / "shuffled" / "metrics.json").read_text())
+    assert shuffled["shuffle_images"] is True
+    assert shuffled["finding_f1_macro"] < m["finding_f1_macro"] - 0.4, (shuffled, m)
