@@ -12,8 +12,8 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from r2gen.data.datamodule import ReportDataModule, read_annotation
 from r2gen.data.clean import get_cleaner
+from r2gen.data.datamodule import ReportDataModule, read_annotation
 
 log = logging.getLogger(__name__)
 
