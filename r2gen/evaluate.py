@@ -7,8 +7,10 @@ the evaluate config (run folder `outputs/evaluate/<date>/<time>`).
 
 from __future__ import annotations
 
+import json
 import logging
 import random
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -16,11 +18,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from r2gen import build
 from r2gen.checkpoint import load_weights, read_checkpoint
+from r2gen.data.clean import get_cleaner
+from r2gen.evaluation import score_records
 from r2gen.models.module import R2GenModule
 from r2gen.results import write_results
 
 log = logging.getLogger(__name__)
-EVAL_ONLY = {"ckpt", "split", "shuffle_images", "task_name", "trainer", "paths", "hydra", "logger", "callbacks",
+EVAL_ONLY = {"ckpt", "predictions", "split", "shuffle_images", "task_name", "trainer", "paths", "hydra", "logger", "callbacks",
              "experiment", "seed", "ckpt_path", "test_after_fit"}
 
 
@@ -58,8 +62,49 @@ def shuffle_images(dataset, seed: int) -> None:
         dataset.entries[i] = {**dataset.entries[i], "image_path": paths[(k + 1) % len(order)]}
 
 
+def read_predictions(path: str | Path) -> list[dict[str, str]]:
+    """`{"id", "prediction", "reference"}` per line; a bad line is reported with its number."""
+    p = Path(str(path)).expanduser()
+    if not p.is_file():
+        raise FileNotFoundError(f"predictions={path}: no such file (expected JSONL: one {{id, prediction, reference}} per line)")
+    records, seen = [], set()
+    for n, line in enumerate(p.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"predictions={path} line {n}: not JSON ({e.msg})") from None
+        missing = [k for k in ("id", "prediction", "reference") if not isinstance(r, dict) or k not in r]
+        if missing:
+            raise ValueError(f"predictions={path} line {n}: missing {missing}; each line needs id, prediction, reference")
+        if str(r["id"]) in seen:
+            raise ValueError(f"predictions={path} line {n}: id {r['id']!r} appears twice")
+        seen.add(str(r["id"]))
+        records.append({"id": str(r["id"]), "prediction": str(r["prediction"]), "reference": str(r["reference"])})
+    if not records:
+        raise ValueError(f"predictions={path}: the file has no predictions")
+    return records
+
+
+def score_predictions(cfg: DictConfig) -> dict[str, Any]:
+    """Score a predictions file with no model: both sides cleaned with `data.clean`, labelled with `data.labeler`,
+    so any system's output is scored exactly the way ours is."""
+    clean = get_cleaner(cfg.data.clean)
+    records = [{"id": r["id"], "prediction": clean(r["prediction"]), "reference": clean(r["reference"])}
+               for r in read_predictions(cfg.predictions)]
+    scores = score_records(records, cfg.data.get("labeler"), cfg.monitor.weights)
+    write_results(build.output_dir(cfg), records, scores, {
+        "split": "predictions file", "predictions": str(cfg.predictions), "data": cfg.data.name,
+        "clean": cfg.data.clean})
+    return scores
+
+
 def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]:
-    """Scores of `cfg.ckpt` on `cfg.split`; writes metrics.json and predictions.jsonl into the run folder."""
+    """Scores of `cfg.ckpt` on `cfg.split` (or of the file `cfg.predictions`); writes metrics.json and
+    predictions.jsonl into the run folder."""
+    if cfg.get("predictions"):
+        return score_predictions(cfg)
     ck = read_checkpoint(None if OmegaConf.is_missing(cfg, "ckpt") else cfg.ckpt)
     if cfg.split not in ("val", "test"):
         raise ValueError(f"split={cfg.split!r}: choose val or test")

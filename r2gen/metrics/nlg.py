@@ -16,7 +16,7 @@ Scorers (pycocoevalcap 1.2), fed `gts = {i: [reference]}` and `res = {i: [hypoth
 Callers pass text already cleaned the data set's way (lower-cased, punctuation split off as its own token):
 tokens are whatever lies between spaces. This module only adds two guards the field's scripts lack:
 
-* Whitespace runs (newlines included) become one space, ends stripped. METEOR talks to its JVM one line per
+* Line breaks become spaces (other whitespace is kept, as R2Gen scores it). METEOR talks to its JVM one line per
   request, so a "\\n" or "\\r" in a hypothesis desynchronises the protocol and the read blocks forever.
 * An empty hypothesis (a model may generate nothing) is scored as the token `EMPTY_HYPOTHESIS`, an empty
   reference as `EMPTY_REFERENCE`: two different nonsense words, so an empty text matches nothing and scores 0
@@ -116,8 +116,11 @@ atexit.register(close_meteor)
 def _clean(text: str, placeholder: str) -> str:
     if not isinstance(text, str):
         raise TypeError(f"reports must be str, got {type(text).__name__}: {text!r}")
-    # str.split() breaks on every whitespace Java's readLine treats as a line end ("\n", "\r") and more.
-    return " ".join(text.split()) or placeholder
+    # Only line breaks go (every one str.splitlines knows, a superset of what Java's readLine ends a line on):
+    # other whitespace stays exactly as R2Gen scores it, e.g. the double space of an empty cleaned sentence,
+    # which Rouge counts as an empty token.
+    text = " ".join(text.splitlines())
+    return text if text.strip() else placeholder
 
 
 def _inputs(hypotheses: Sequence[str], references: Sequence[str]) -> tuple[dict, dict]:
