@@ -1,4 +1,5 @@
-"""Load any causal LM and its tokenizer from config: pad-token policy, dtype, attention, LoRA, generate kwargs.
+"""Load any causal LM and its tokenizer from config: pad-token policy, dtype, attention, device map, quantization,
+remote code, generate kwargs.
 
 Nothing here names a model family: what differs between families is said in `conf/lm/*.yaml`.
 """
@@ -17,12 +18,22 @@ log = logging.getLogger(__name__)
 PAD_POLICIES = "keep, eos, unk, add or an integer token id"
 
 
+def _remote_code_refused(e: ValueError, path: str) -> ValueError | None:
+    """transformers refuses code shipped with a model unless trusted; say which r2gen key turns it on."""
+    if "trust_remote_code" not in str(e):
+        return None
+    return ValueError(f"lm.name_or_path={path!r} ships its own model/tokenizer code, which runs only with "
+                      f"lm.trust_remote_code=true: read that code (or the model card) first, then set it")
+
+
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
     try:
         return AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except OSError as e:  # a hub id offline, a typo, a folder without tokenizer files
         raise OSError(f"lm.name_or_path={name_or_path!r}: no tokenizer could be loaded from this folder or hub id "
                       f"(check the path; hub ids need the network or a local copy). Cause: {str(e).splitlines()[0]}") from None
+    except ValueError as e:
+        raise (_remote_code_refused(e, name_or_path) or e) from None
 
 
 def apply_pad_policy(tokenizer, policy: Any) -> bool:
@@ -62,9 +73,36 @@ def _dtype(name: str | None):
     return dt
 
 
+def quantization_config(quant_cfg, lm_cfg):
+    """The `BitsAndBytesConfig` that `quant=` describes, or None for `quant=none`.
+
+    Quantized weights cannot be trained, so quantization needs a frozen LM (LoRA on top is the QLoRA recipe).
+    """
+    if not quant_cfg:
+        return None
+    if not lm_cfg.freeze:
+        which = ", ".join(f"quant.{k}=true" for k in ("load_in_4bit", "load_in_8bit") if quant_cfg.get(k)) or "quant"
+        raise ValueError(f"{which} with lm.freeze=false: quantized weights cannot be trained; "
+                         "set lm.freeze=true (with lm.lora.r>0 to train adapters) or quant=none")
+    import inspect
+
+    from hydra.utils import instantiate
+    from transformers import BitsAndBytesConfig
+
+    known = set(inspect.signature(BitsAndBytesConfig.__init__).parameters) - {"self", "kwargs"}
+    unknown = sorted(set(quant_cfg) - known - {"_target_"})
+    if unknown:  # BitsAndBytesConfig would only warn and drop them
+        raise ValueError(f"{', '.join(f'quant.{k}' for k in unknown)}: not a BitsAndBytesConfig option; "
+                         f"choose from {', '.join(sorted(known))}")
+    return instantiate(quant_cfg)
+
+
 def load_lm(lm_cfg, quantization_config=None, path: str | None = None):
     """(model, tokenizer) as `lm_cfg` says, via `AutoModelForCausalLM.from_pretrained` (from `path` if given)."""
     path = str(path or lm_cfg.name_or_path)
+    if lm_cfg.get("unsupported"):  # a known incompatibility, said before minutes of downloading
+        raise ValueError(f"lm.name_or_path={lm_cfg.name_or_path!r} does not work with this r2gen: {lm_cfg.unsupported} "
+                         "(set lm.unsupported=null to try anyway)")
     tokenizer = load_tokenizer(path, bool(lm_cfg.trust_remote_code))
     added = apply_pad_policy(tokenizer, lm_cfg.pad_token)
     if tokenizer.eos_token_id is None:
@@ -72,9 +110,14 @@ def load_lm(lm_cfg, quantization_config=None, path: str | None = None):
     kwargs: dict[str, Any] = {"dtype": _dtype(lm_cfg.dtype), "trust_remote_code": bool(lm_cfg.trust_remote_code)}
     if lm_cfg.get("attn_implementation"):
         kwargs["attn_implementation"] = lm_cfg.attn_implementation
+    if lm_cfg.get("device_map") is not None:
+        kwargs["device_map"] = lm_cfg.device_map
     if quantization_config is not None:
         kwargs["quantization_config"] = quantization_config
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except ValueError as e:
+        raise (_remote_code_refused(e, path) or e) from None
     if added:
         model.resize_token_embeddings(len(tokenizer))
     model.config.pad_token_id = tokenizer.pad_token_id

@@ -20,7 +20,7 @@ from torch import nn
 from r2gen.data.clean import get_cleaner
 from r2gen.evaluation import score_records
 from r2gen.models.encoder import ImageEncoder
-from r2gen.models.lm import generation_config, load_lm
+from r2gen.models.lm import generation_config, load_lm, quantization_config
 from r2gen.models.prompt import Prompt, assemble
 from r2gen.models.trainable import apply_align, apply_lm_training, count_params
 
@@ -39,7 +39,8 @@ class R2GenModule(pl.LightningModule):
 
         self.encoder = ImageEncoder(cfg.encoder.name, cfg.encoder.pretrained, cfg.data.view_fusion,
                                     **(cfg.encoder.get("kwargs") or {}))
-        self.lm_model, self.tokenizer = load_lm(cfg.lm, path=lm_path)
+        quant = quantization_config(cfg.get("quant"), cfg.lm)  # None unless quant=4bit|8bit
+        self.lm_model, self.tokenizer = load_lm(cfg.lm, quant, path=lm_path)
         text_cfg = self.lm_model.config.get_text_config()
         hidden = text_cfg.hidden_size  # the projection is sized from the LM, whatever its family
         self.lm_proj = nn.Linear(self.encoder.num_features, hidden)
@@ -50,7 +51,7 @@ class R2GenModule(pl.LightningModule):
         self.clean = get_cleaner(cfg.data.clean)
 
         self.encoder_mode = apply_align(self.encoder, cfg.align)
-        self.lm_model = apply_lm_training(self.lm_model, cfg.lm)
+        self.lm_model = apply_lm_training(self.lm_model, cfg.lm, quantized=quant is not None)
         self.train()  # from_pretrained leaves the LM in eval mode, and Lightning keeps the modes it finds
         self._eval_records: list[dict[str, str]] = []
         self.eval_records: list[dict[str, str]] = []  # last validation/test corpus, gathered (rank 0)

@@ -20,8 +20,10 @@ from typing import Any
 SPECIAL = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int, special: Mapping[str, str | None] = SPECIAL):
-    """A byte-level BPE `PreTrainedTokenizerFast` trained on `texts`; `special` maps role -> token (None: absent)."""
+def train_tokenizer(texts: Iterable[str], vocab_size: int, special: Mapping[str, str | None] = SPECIAL,
+                    extra_tokens: Iterable[str] = ()):
+    """A byte-level BPE `PreTrainedTokenizerFast` trained on `texts`; `special` maps role -> token (None: absent);
+    `extra_tokens` are further special tokens without a role (e.g. a family's prompt markers)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -31,7 +33,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, special: Mapping[str,
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=list(dict.fromkeys(roles.values())),
+        special_tokens=list(dict.fromkeys([*roles.values(), *extra_tokens])),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -40,7 +42,8 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, special: Mapping[str,
 
 
 def build_causal_lm(out_dir: str | Path, texts: Iterable[str], model_type: str = "llama", vocab_size: int = 1024,
-                    special: Mapping[str, str | None] = SPECIAL, seed: int = 0, **config_kwargs: Any) -> Path:
+                    special: Mapping[str, str | None] = SPECIAL, seed: int = 0, extra_tokens: Iterable[str] = (),
+                    **config_kwargs: Any) -> Path:
     """Train a tokenizer, build a randomly initialised `model_type` model from its config, save both to `out_dir`.
 
     `config_kwargs` are that family's config fields (hidden_size, num_hidden_layers, ...).
@@ -48,9 +51,10 @@ def build_causal_lm(out_dir: str | Path, texts: Iterable[str], model_type: str =
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    tokenizer = train_tokenizer(texts, vocab_size, special)
-    ids = {f"{role[:-6]}_token_id": tokenizer.convert_tokens_to_ids(t)
-           for role, t in special.items() if t is not None and role != "unk_token"}
+    tokenizer = train_tokenizer(texts, vocab_size, special, extra_tokens)
+    # a role the tokenizer lacks is None in the config too, not the family's default id (which may be out of range)
+    ids = {f"{role[:-6]}_token_id": None if t is None else tokenizer.convert_tokens_to_ids(t)
+           for role, t in special.items() if role != "unk_token"}
     config = AutoConfig.for_model(model_type, vocab_size=len(tokenizer), **ids, **config_kwargs)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)

@@ -1,10 +1,13 @@
-"""What trains: the encoder per `align.encoder` (frozen / lora / full) and the LM per `lm.freeze` / `lm.lora`."""
+"""What trains: the encoder per `align.encoder` (frozen / lora / full) and the LM per `lm.freeze` / `lm.lora`,
+with activation (gradient) checkpointing and k-bit preparation of a quantized LM."""
 
 from __future__ import annotations
 
 from torch import nn
 
 ENCODER_MODES = ("frozen", "lora", "full")
+# Non-reentrant checkpointing works when the inputs (our inputs_embeds) need no grad and with frozen layers.
+GC_KWARGS = {"use_reentrant": False}
 
 
 def _lora_config(lora, where: str, **extra):
@@ -35,17 +38,43 @@ def apply_align(encoder: nn.Module, align) -> str:
     return mode
 
 
-def apply_lm_training(lm: nn.Module, lm_cfg) -> nn.Module:
-    """Train the LM fully (`lm.freeze=false`), freeze it, or freeze it and add LoRA (`lm.lora.r>0`)."""
+def _enable_checkpointing(lm: nn.Module) -> None:
+    enable = getattr(lm, "activation_checkpointing_enable", None)  # transformers' new name (5.x); the old one warns
+    if enable is not None:
+        enable(activation_checkpointing_kwargs=GC_KWARGS)
+    else:
+        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=GC_KWARGS)
+
+
+def apply_lm_training(lm: nn.Module, lm_cfg, quantized: bool = False) -> nn.Module:
+    """Train the LM fully (`lm.freeze=false`), freeze it, or freeze it and add LoRA (`lm.lora.r>0`).
+
+    `lm.gradient_checkpointing` recomputes activations in backward instead of storing them. A quantized LM
+    is prepared with peft's `prepare_model_for_kbit_training` (norms and embeddings in float32) before LoRA.
+    """
     lora = lm_cfg.get("lora")
     use_lora = bool(lora) and int(lora.r) > 0
+    checkpointing = lm_cfg.get("gradient_checkpointing", False)
+    if not isinstance(checkpointing, bool):
+        raise ValueError(f"lm.gradient_checkpointing={checkpointing!r}: choose true or false")
+    if checkpointing and not getattr(lm, "supports_gradient_checkpointing", False):
+        raise ValueError(f"lm.gradient_checkpointing=true but {type(lm).__name__} does not support it: set it to false")
     if not lm_cfg.freeze:
         if use_lora:
             raise ValueError("lm.freeze=false trains the whole LM, and lm.lora.r>0 adds LoRA to a frozen one: "
                              "set lm.lora.r=0 or lm.freeze=true")
         lm.requires_grad_(True)
+        if checkpointing:
+            _enable_checkpointing(lm)
         return lm
     lm.requires_grad_(False)
+    if quantized:  # freezes everything, upcasts norms/embeddings to float32 for stable k-bit training
+        from peft import prepare_model_for_kbit_training
+
+        lm = prepare_model_for_kbit_training(lm, use_gradient_checkpointing=False)
+    if checkpointing:
+        _enable_checkpointing(lm)
+        lm.enable_input_require_grads()  # a frozen first layer would otherwise cut the graph at a checkpoint
     if not use_lora:
         return lm
     from peft import get_peft_model

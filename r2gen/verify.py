@@ -1,0 +1,162 @@
+"""Check an LM config before a long run: `python -m r2gen.verify lm=<name> [lm.name_or_path=<dir>] [quant=4bit]`.
+
+Loads the tokenizer and the LM exactly as training does (`load_lm`, the pad policy, `quant=`, `lm.lora`,
+gradient checkpointing), prints what was loaded (class, sizes, special tokens, parameters, memory), then runs one
+forward + backward with labels through the real prompt assembly (random image tokens of the LM's width) and one
+batched `generate` from `inputs_embeds`. Any failure ends the command with one line naming the stage; the table
+also lands in `<run folder>/verify.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from r2gen import build
+from r2gen.cli import USER_ERRORS
+from r2gen.models.lm import generation_config, load_lm, quantization_config
+from r2gen.models.prompt import Prompt, assemble
+from r2gen.models.trainable import apply_lm_training
+
+log = logging.getLogger(__name__)
+REPORTS = ["the heart is normal in size . the lungs are clear .", "no acute cardiopulmonary abnormality ."]
+
+
+class VerifyError(ValueError):
+    """A failed check, reported like a config error: one line, non-zero exit."""
+
+
+@contextmanager
+def stage(name: str):
+    try:
+        yield
+    except VerifyError:
+        raise
+    except Exception as e:  # verify exists to turn any failure, remote code's included, into one readable line
+        lines = str(e).strip().splitlines() or [""]
+        msg = lines[0] if isinstance(e, USER_ERRORS) else f"{type(e).__name__}: {lines[0]}"
+        raise VerifyError(f"verify failed while {name}: {msg}") from e
+
+
+def _token(tok, role: str) -> str:
+    tid = getattr(tok, f"{role}_token_id")
+    return "none" if tid is None else f"{tid} {getattr(tok, f'{role}_token')!r}"
+
+
+def verify(cfg: DictConfig, lm_path: str | None = None, max_new_tokens: int = 8,
+           device: str | None = None) -> dict[str, Any]:
+    """Load and exercise the LM that `cfg` describes; returns the report (also what `main` prints).
+
+    `lm_path`: load from this folder instead of `lm.name_or_path` (a locally built LM); `max_new_tokens` caps the
+    generation check; `device`: where to run it (default: cuda if available, else cpu; a model placed at load by
+    `lm.device_map` or quantization stays where it is).
+    """
+    with stage("loading the tokenizer and LM"):
+        quant = quantization_config(cfg.get("quant"), cfg.lm)
+        if lm_path is None:
+            if cfg.lm.get("build"):  # lm=tiny trains its tokenizer on the data set's reports
+                build.prepare_data(cfg.data)
+            lm_path = build.lm_path(cfg)
+        model, tok = load_lm(cfg.lm, quant, path=lm_path)
+        model = apply_lm_training(model, cfg.lm, quantized=quant is not None)
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if quant is None and cfg.lm.get("device_map") is None:
+            model.to(device)
+        emb = model.get_input_embeddings()
+        text_cfg = model.config.get_text_config()
+        if len(tok) > emb.num_embeddings:
+            raise VerifyError(f"the tokenizer has {len(tok)} tokens but the LM embeds only {emb.num_embeddings}: "
+                              "tokenizer and weights do not belong together (check lm.name_or_path)")
+    n_params = sum(p.numel() for p in model.parameters())
+    report: dict[str, Any] = {
+        "name_or_path": str(lm_path), "class": type(model).__name__, "model_type": text_cfg.model_type,
+        "hidden_size": text_cfg.hidden_size, "vocab_size (config)": text_cfg.vocab_size,
+        "embedding rows": emb.num_embeddings, "tokenizer size": len(tok),
+        "pad": _token(tok, "pad"), "bos": _token(tok, "bos"), "eos": _token(tok, "eos"), "unk": _token(tok, "unk"),
+        "dtype": str(emb.weight.dtype).removeprefix("torch."), "device": str(emb.weight.device),
+        "quantization": (quant.quantization_method() if hasattr(quant, "quantization_method") else type(quant).__name__)
+        if quant is not None else "none",
+        "parameters": n_params, "trainable parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "memory footprint (MB)": round(model.get_memory_footprint() / 2**20, 1),
+    }
+
+    with stage("building the prompt (lm.prompt, lm.add_bos)"):
+        prompt = Prompt(tok, cfg.lm.prompt.text, cfg.lm.prompt.template, cfg.lm.add_bos)
+        report["prompt tokens"] = f"{len(prompt.prefix)} before the image, {len(prompt.suffix)} after"
+        report["prompt starts with bos"] = bool(prompt.prefix[:1]) and prompt.prefix[0] == tok.bos_token_id
+
+    embed = lambda ids: emb(ids)  # noqa: E731
+    dtype, dev = emb.weight.dtype, emb.weight.device
+    # two studies, the second with fewer image tokens: ragged batches exercise padding and the attention mask
+    scale = emb.weight.float().std().item() if emb.weight.is_floating_point() else 1.0
+    img = (torch.randn(2, 4, text_cfg.hidden_size, device=dev) * scale).to(dtype).requires_grad_(True)
+    mask = torch.tensor([[True] * 4, [True, True, False, False]], device=dev)
+    with stage("running a forward and backward with labels"):
+        model.train()
+        targets = prompt.targets(REPORTS, int(cfg.data.max_report_tokens))
+        inputs, attn, labels = assemble(embed, prompt, img, mask, targets, "right")
+        loss = model(inputs_embeds=inputs, attention_mask=attn, labels=labels).loss
+        if loss is None or not torch.isfinite(loss):
+            raise VerifyError(f"verify failed: the LM's loss is {loss}; try lm.dtype=float32 or bfloat16 (float16 overflows)")
+        loss.backward()
+        if img.grad is None or not torch.isfinite(img.grad).all():
+            raise VerifyError("verify failed: no finite gradient reaches the image tokens; the projection could not train")
+        report["loss (random image tokens)"] = round(loss.item(), 4)
+
+    with stage("generating from inputs_embeds (generate.*)"):
+        model.eval()
+        gen = generation_config(model, tok, OmegaConf.to_container(cfg.generate, resolve=True))
+        gen.max_new_tokens = min(gen.max_new_tokens or max_new_tokens, max_new_tokens)
+        gen.min_new_tokens = min(gen.min_new_tokens or 0, gen.max_new_tokens)
+        with torch.no_grad():
+            inputs, attn = assemble(embed, prompt, img.detach(), mask, None, "left")
+            out = model.generate(inputs_embeds=inputs, attention_mask=attn, generation_config=gen)
+        texts = tok.batch_decode(out, skip_special_tokens=True)  # new tokens only (inputs_embeds)
+        if len(texts) != 2 * (gen.num_return_sequences or 1):
+            raise VerifyError(f"verify failed: generate returned {len(texts)} sequences for 2 studies")
+        report["generate"] = f"num_beams={gen.num_beams}, {out.shape[1]} new tokens"
+        report["generated (untrained)"] = [t[:60] for t in texts]
+    return report
+
+
+def format_report(report: dict[str, Any]) -> str:
+    width = max(len(k) for k in report)
+    rows = [f"{k:<{width}}  {v:,}" if isinstance(v, int) and not isinstance(v, bool) else f"{k:<{width}}  {v}"
+            for k, v in report.items()]
+    return "\n".join(rows)
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """verify + print the table + write it to the run folder."""
+    report = verify(cfg)
+    print(format_report(report))
+    out = build.output_dir(cfg)
+    (Path(out) / "verify.json").write_text(json.dumps(report, indent=2, default=str))
+    print(f"ok: lm.name_or_path={cfg.lm.name_or_path} loads, trains and generates")
+    return report
+
+
+def _main() -> None:
+    import hydra
+
+    from r2gen.cli import run_cli
+
+    @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+    def main(cfg: DictConfig) -> None:
+        run_cli(run, cfg)
+
+    if not any(a.startswith("task_name=") for a in sys.argv[1:]):
+        sys.argv.insert(1, "task_name=verify")  # its own run folder: outputs/verify/<date>/<time>
+    main()
+
+
+if __name__ == "__main__":
+    _main()

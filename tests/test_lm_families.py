@@ -1,0 +1,199 @@
+"""The backbone zoo without downloads: every `conf/lm/*.yaml` composes with exactly the allowed keys, and a tiny
+random checkpoint of each native family, loaded with its yaml's pad policy, prompt and LoRA targets through the
+real `R2GenModule`, trains a few steps and beam-searches one report per study."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from r2gen.models.module import R2GenModule
+from r2gen.models.tiny_lm import build_causal_lm
+
+from .conftest import ROOT, SMALL
+
+LM_DIR = ROOT / "conf" / "lm"
+LM_NAMES = sorted(p.stem for p in LM_DIR.glob("*.yaml"))
+# Every lm yaml has these; `build` (a locally built recipe, lm=tiny) and `unsupported` (a known breakage) are optional.
+KEYS = {"name_or_path", "trust_remote_code", "dtype", "attn_implementation", "device_map", "gradient_checkpointing",
+        "pad_token", "add_bos", "freeze", "lora", "prompt"}
+OPTIONAL = {"build", "unsupported"}
+# The demo shrink minus its lm.build.* entries, which only lm=tiny has.
+SMALL_NO_BUILD = [o for o in SMALL if not o.startswith("lm.build.")]
+
+TEXTS = ["the heart is enlarged .", "no pleural effusion .", "small left pneumothorax .", "the lungs are clear .",
+         "mild cardiomegaly without edema ."] * 8
+LLAMA_SPECIAL = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": None, "unk_token": "<unk>"}
+NEOX_SPECIAL = {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "pad_token": None, "unk_token": "<|endoftext|>"}
+DECODER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=256)
+GQA = dict(DECODER, num_key_value_heads=2)
+# Phi-3's chat template (an instruct model: its yaml wraps the prompt in it)
+PHI3_CHAT = ("{% for message in messages %}{{'<|' + message['role'] + '|>\\n' + message['content'] + '<|end|>\\n'}}"
+             "{% endfor %}{% if add_generation_prompt %}{{'<|assistant|>\\n'}}{% endif %}")
+
+# family -> (lm yaml whose settings it is tested with, model_type, tokenizer special tokens, extra tokens, config)
+FAMILIES = {
+    "llama": ("llama2-7b", "llama", LLAMA_SPECIAL, (), GQA),
+    "qwen2": ("qwen2-7b", "qwen2", {"bos_token": None, "eos_token": "<|endoftext|>", "pad_token": None,
+                                    "unk_token": None}, (), GQA),
+    "mistral": ("mistral-7b", "mistral", LLAMA_SPECIAL, (), GQA),
+    "stablelm": ("stablelm-3b", "stablelm", NEOX_SPECIAL, (), GQA),
+    "gpt_neox": ("pythia-70m", "gpt_neox", NEOX_SPECIAL, (), DECODER),
+    "gpt2": ("gpt2", "gpt2", NEOX_SPECIAL, (), dict(n_embd=32, n_layer=1, n_head=2, n_positions=256)),
+    "opt": ("opt-125m", "opt", {"bos_token": "</s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"},
+            (), dict(hidden_size=32, ffn_dim=64, num_hidden_layers=1, num_attention_heads=2, word_embed_proj_dim=32,
+                 max_position_embeddings=256)),
+    "bloom": ("bloom-560m", "bloom", {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>",
+                                      "unk_token": "<unk>"}, (), dict(hidden_size=32, n_layer=1, n_head=2)),
+    # Gemma scales its input embeddings by sqrt(hidden): the image tokens must go through get_input_embeddings()
+    "gemma": ("gemma-2b", "gemma", {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>",
+                                    "unk_token": "<unk>"}, (), dict(GQA, head_dim=16)),
+    "phi3": ("phi3-mini", "phi3", {"bos_token": "<s>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
+                                   "unk_token": "<unk>"}, ("<|user|>", "<|end|>", "<|assistant|>"), GQA),
+    # THUDM/glm-4-9b-hf is model_type glm; glm4 is the GLM-4-0414 architecture, which the same yaml settings fit
+    "glm": ("glm4-9b", "glm", {"bos_token": None, "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
+                               "unk_token": None}, ("[gMASK]", "<sop>"), dict(GQA, head_dim=16)),
+    "glm4": ("glm4-9b", "glm4", {"bos_token": None, "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
+                                 "unk_token": None}, ("[gMASK]", "<sop>"), dict(GQA, head_dim=16)),
+}
+
+
+def lm_yaml(name: str):
+    return OmegaConf.load(LM_DIR / f"{name}.yaml")
+
+
+# --- every yaml ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", LM_NAMES)
+def test_lm_yaml_composes_with_the_allowed_keys(make_cfg, name):
+    cfg = make_cfg(f"lm={name}", small=False)
+    lm = cfg.lm
+    assert KEYS <= set(lm) and set(lm) - KEYS <= OPTIONAL, f"lm={name}: keys {sorted(set(lm) ^ KEYS)}"
+    assert isinstance(lm.name_or_path, str) and lm.name_or_path
+    if name != "tiny":
+        assert "/" in lm.name_or_path and "build" not in lm  # a real hub id, never built locally
+    assert isinstance(lm.trust_remote_code, bool) and isinstance(lm.freeze, bool)
+    assert isinstance(lm.gradient_checkpointing, bool)
+    assert lm.dtype in ("auto", "float32", "bfloat16", "float16")
+    assert lm.attn_implementation in ("sdpa", "eager", "flash_attention_2")
+    assert lm.device_map is None
+    assert lm.pad_token in ("keep", "eos", "unk", "add") or isinstance(lm.pad_token, int)
+    assert lm.add_bos in ("auto", True, False)
+    assert set(lm.lora) == {"r", "alpha", "dropout", "target_modules"} and lm.lora.r == 0
+    assert list(lm.lora.target_modules) and all(isinstance(t, str) for t in lm.lora.target_modules)
+    assert set(lm.prompt) == {"template", "text"} and lm.prompt.template in ("plain", "chat")
+    assert lm.prompt.text.count("<image>") == 1
+    if lm.dtype == "bfloat16":  # a big model: frozen, LoRA off until asked for
+        assert lm.freeze
+
+
+def test_unsupported_backbone_fails_before_loading(make_cfg):
+    with pytest.raises(ValueError, match="lm=glm4-9b"):
+        R2GenModule(make_cfg("lm=chatglm3-6b", *SMALL_NO_BUILD, small=False))
+
+
+# --- tiny random checkpoints of each family --------------------------------------------------------------
+@pytest.fixture(scope="module")
+def family_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("families")
+    cache: dict[str, str] = {}
+
+    def get(family: str) -> str:
+        if family not in cache:
+            _, model_type, special, extra, kw = FAMILIES[family]
+            cache[family] = str(build_causal_lm(root / family, TEXTS, model_type=model_type, vocab_size=300,
+                                                special=special, extra_tokens=extra, **kw))
+            if lm_yaml(FAMILIES[family][0]).prompt.template == "chat":  # an instruct model ships a chat template
+                from transformers import AutoTokenizer
+
+                tok = AutoTokenizer.from_pretrained(cache[family])
+                tok.chat_template = PHI3_CHAT
+                tok.save_pretrained(cache[family])
+        return cache[family]
+
+    return get
+
+
+def batch(b=2, v=2, size=32):
+    return {"ids": [str(i) for i in range(b)], "images": torch.randn(b, v, 3, size, size),
+            "view_mask": torch.ones(b, v, dtype=torch.bool), "reports": TEXTS[:b]}
+
+
+def family_module(make_cfg, family_dirs, family: str, *overrides: str) -> R2GenModule:
+    """The family's tiny checkpoint under its lm yaml; a frozen (big) backbone gets LoRA on the yaml's targets."""
+    name = FAMILIES[family][0]
+    lora = ["lm.lora.r=4"] if lm_yaml(name).freeze else []
+    cfg, path = make_cfg(f"lm={name}", *SMALL_NO_BUILD, *lora, *overrides, small=False), family_dirs(family)
+    torch.manual_seed(0)  # after the (first-use) build, which draws random numbers: same init every time
+    return R2GenModule(cfg, lm_path=path)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_family_trains_and_beam_generates(make_cfg, family_dirs, family):
+    m = family_module(make_cfg, family_dirs, family)
+    name, _, special, _, _ = FAMILIES[family]
+    tok, lm_cfg = m.tokenizer, lm_yaml(name)
+
+    # the pad policy of the yaml gave this tokenizer a pad token, and the model and its generation config agree
+    want_pad = {"eos": tok.eos_token_id, "unk": tok.unk_token_id}.get(lm_cfg.pad_token, tok.pad_token_id)
+    assert tok.pad_token_id is not None and tok.pad_token_id == want_pad
+    assert m.lm_model.config.pad_token_id == tok.pad_token_id == m.gen_config.pad_token_id
+    if special["bos_token"] is None or lm_cfg.add_bos is False:
+        assert tok.bos_token_id is None or m.prompt.prefix[:1] != [tok.bos_token_id]
+    else:
+        assert m.prompt.prefix[0] == tok.bos_token_id
+
+    if lm_cfg.prompt.template == "chat":  # the instruction sits in the user turn, the report in the assistant's
+        assert tok.decode(m.prompt.prefix).endswith("<|user|>\n") and tok.decode(m.prompt.suffix).endswith("<|assistant|>\n")
+
+    if lm_cfg.freeze:  # LoRA landed on the yaml's target modules of this architecture
+        lm_trainable = [n for n, p in m.lm_model.named_parameters() if p.requires_grad]
+        assert lm_trainable and all("lora_" in n for n in lm_trainable)
+        assert any(t in n for n in lm_trainable for t in lm_cfg.lora.target_modules)
+
+    opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=3e-3)
+    b, losses = batch(), []
+    m.train()
+    for _ in range(4):
+        loss = m(b)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert all(torch.isfinite(torch.tensor(losses))), losses
+    assert losses[-1] < losses[0], losses
+
+    m.eval()
+    b["view_mask"][1, 1] = False  # one single-view study: the batch is ragged before left padding
+    out = m.generate(b["images"], b["view_mask"])  # generate=beam with num_beams=2 (conftest's shrink)
+    assert m.gen_config.num_beams == 2
+    assert len(out) == 2 and all(isinstance(t, str) for t in out)
+
+
+def test_tiny_family_specs_cover_the_tested_yamls():
+    tested = {spec[0] for spec in FAMILIES.values()}
+    assert tested <= set(LM_NAMES)
+    assert all(not Path(LM_DIR / f"{n}.yaml").read_text().count("trust_remote_code: true") for n in tested)
+
+
+# --- loading options -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("family,overrides", [
+    ("llama", ["lm.freeze=true", "lm.lora.r=4"]),  # frozen + LoRA: the input-grads hook path
+    ("gpt2", ["lm.freeze=false"]),                  # trained in full
+])
+def test_gradient_checkpointing_gives_the_same_loss_and_grads(make_cfg, family_dirs, family, overrides):
+    runs = []
+    for gc in (False, True):
+        m = family_module(make_cfg, family_dirs, family, "lm.dtype=float32", f"lm.gradient_checkpointing={gc}",
+                          *overrides)
+        base = m.lm_model.get_base_model() if hasattr(m.lm_model, "get_base_model") else m.lm_model  # under LoRA
+        assert base.is_activation_checkpointing is gc
+        m.train()
+        torch.manual_seed(1)  # same dropout masks in both runs
+        loss = m(batch())
+        loss.backward()
+        runs.append((loss.detach(), m.lm_proj.weight.grad.clone(),
+                     [p.grad.clone() for p in m.lm_model.parameters() if p.requires_grad]))
+    (l0, g0, lm0), (l1, g1, lm1) = runs
+    assert torch.allclose(l0, l1) and torch.allclose(g0, g1, atol=1e-6)
+    assert len(lm0) == len(lm1) > 0 and all(torch.allclose(a, b, atol=1e-6) for a, b in zip(lm0, lm1, strict=True))
