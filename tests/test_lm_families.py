@@ -93,6 +93,20 @@ def test_unsupported_backbone_fails_before_loading(make_cfg):
 
 
 # --- tiny random checkpoints of each family --------------------------------------------------------------
+def build_family(out_dir: Path, family: str) -> str:
+    """A tiny random checkpoint of `family` in `out_dir`, with the family's special tokens (and chat template)."""
+    name, model_type, special, extra, kw = FAMILIES[family]
+    path = build_causal_lm(out_dir, TEXTS, model_type=model_type, vocab_size=300, special=special,
+                           extra_tokens=extra, **kw)
+    if lm_yaml(name).prompt.template == "chat":  # an instruct model ships a chat template
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(path)
+        tok.chat_template = PHI3_CHAT
+        tok.save_pretrained(path)
+    return str(path)
+
+
 @pytest.fixture(scope="module")
 def family_dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("families")
@@ -100,15 +114,7 @@ def family_dirs(tmp_path_factory):
 
     def get(family: str) -> str:
         if family not in cache:
-            _, model_type, special, extra, kw = FAMILIES[family]
-            cache[family] = str(build_causal_lm(root / family, TEXTS, model_type=model_type, vocab_size=300,
-                                                special=special, extra_tokens=extra, **kw))
-            if lm_yaml(FAMILIES[family][0]).prompt.template == "chat":  # an instruct model ships a chat template
-                from transformers import AutoTokenizer
-
-                tok = AutoTokenizer.from_pretrained(cache[family])
-                tok.chat_template = PHI3_CHAT
-                tok.save_pretrained(cache[family])
+            cache[family] = build_family(root / family, family)
         return cache[family]
 
     return get
