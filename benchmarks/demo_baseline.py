@@ -20,15 +20,15 @@ from hydra import compose, initialize_config_dir
 from r2gen.build import prepare_data
 from r2gen.data.clean import get_cleaner
 from r2gen.data.datamodule import read_annotation
-from r2gen.evaluation import labeler_scores, score_records
+from r2gen.evaluation import Scoring, score_records
 from r2gen.metrics import score_corpus
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 
 
-def constant_scores(report: str, refs: list[str], labeler: str, weights) -> dict[str, float]:
+def constant_scores(report: str, refs: list[str], scoring: Scoring) -> dict[str, float]:
     records = [{"id": str(i), "prediction": report, "reference": r} for i, r in enumerate(refs)]
-    return score_records(records, labeler, weights)
+    return score_records(scoring.prepare(records), scoring)
 
 
 def main() -> None:
@@ -45,17 +45,17 @@ def main() -> None:
     train = [clean(e["report"]) for e in ann["train"]]
     val = [clean(e["report"]) for e in ann["val"]]
     test = [clean(e["report"]) for e in ann["test"]]
-    w = cfg.monitor.weights
+    scoring = Scoring.from_config(cfg)
 
     most_common = Counter(train).most_common(1)[0][0]
     pool = random.Random(0).sample(sorted(set(train)), min(args.candidates, len(set(train))))
     nlg = {r: score_corpus([r] * len(val), val, metrics=("Bleu_4", "CIDEr")) for r in pool}
     best = max(pool, key=lambda r: 0.5 * nlg[r]["Bleu_4"] + 0.5 * nlg[r]["CIDEr"])
-    best_f1 = max(pool, key=lambda r: labeler_scores(cfg.data.labeler, [r] * len(val), val)["finding_f1_macro"])
+    best_f1 = max(pool, key=lambda r: scoring.labeler_scores([r] * len(val), val)["finding_f1_macro"])
     rows = {
-        "most frequent training report": constant_scores(most_common, test, cfg.data.labeler, w),
-        f"best of {len(pool)} by val score": constant_scores(best, test, cfg.data.labeler, w),
-        f"best of {len(pool)} by val finding F1": constant_scores(best_f1, test, cfg.data.labeler, w),
+        "most frequent training report": constant_scores(most_common, test, scoring),
+        f"best of {len(pool)} by val score": constant_scores(best, test, scoring),
+        f"best of {len(pool)} by val finding F1": constant_scores(best_f1, test, scoring),
     }
     keys = ["Bleu_1", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "finding_f1_macro"]
     print(f"{'baseline (test split)':34}" + "".join(f"{k:>17}" for k in keys))

@@ -19,13 +19,13 @@ from omegaconf import DictConfig, OmegaConf
 from r2gen import build
 from r2gen.checkpoint import load_weights, read_checkpoint
 from r2gen.data.clean import get_cleaner
-from r2gen.evaluation import score_records
+from r2gen.evaluation import Scoring, score_records
 from r2gen.models.module import R2GenModule
-from r2gen.results import write_results
+from r2gen.results import with_image_paths, write_results
 
 log = logging.getLogger(__name__)
 EVAL_ONLY = {"ckpt", "predictions", "split", "shuffle_images", "task_name", "trainer", "paths", "hydra", "logger", "callbacks",
-             "experiment", "seed", "ckpt_path", "test_after_fit"}
+             "experiment", "seed", "ckpt_path", "test_after_fit", "eval"}
 
 
 def cli_overrides() -> list[str]:
@@ -48,6 +48,7 @@ def run_config(cfg: DictConfig, ckpt_cfg: dict, overrides: list[str]) -> DictCon
         OmegaConf.update(run, key, OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig)
                          else value, force_add=True)
     run.trainer = cfg.trainer
+    run.eval = cfg.eval  # how to score is the evaluation's choice (and older checkpoints have no eval block)
     run.paths.output_dir = cfg.paths.output_dir
     return run
 
@@ -88,21 +89,22 @@ def read_predictions(path: str | Path) -> list[dict[str, str]]:
 
 
 def score_predictions(cfg: DictConfig) -> dict[str, Any]:
-    """Score a predictions file with no model: both sides cleaned with `data.clean`, labelled with `data.labeler`,
-    so any system's output is scored exactly the way ours is."""
+    """Score a predictions file with no model: both sides cleaned with `data.clean`, references as `eval.references`
+    says, labelled with `data.labeler`, so any system's output is scored exactly the way ours is."""
+    scoring = Scoring.from_config(cfg)
     clean = get_cleaner(cfg.data.clean)
-    records = [{"id": r["id"], "prediction": clean(r["prediction"]), "reference": clean(r["reference"])}
-               for r in read_predictions(cfg.predictions)]
-    scores = score_records(records, cfg.data.get("labeler"), cfg.monitor.weights)
+    records = scoring.prepare([{"id": r["id"], "prediction": clean(r["prediction"]), "reference": clean(r["reference"])}
+                               for r in read_predictions(cfg.predictions)])
+    scores = score_records(records, scoring)
     write_results(build.output_dir(cfg), records, scores, {
         "split": "predictions file", "predictions": str(cfg.predictions), "data": cfg.data.name,
-        "clean": cfg.data.clean})
+        "clean": cfg.data.clean}, scoring)
     return scores
 
 
 def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]:
-    """Scores of `cfg.ckpt` on `cfg.split` (or of the file `cfg.predictions`); writes metrics.json and
-    predictions.jsonl into the run folder."""
+    """Scores of `cfg.ckpt` on `cfg.split` (or of the file `cfg.predictions`); writes metrics.json,
+    predictions.jsonl and report.html into the run folder."""
     if cfg.get("predictions"):
         return score_predictions(cfg)
     ck = read_checkpoint(None if OmegaConf.is_missing(cfg, "ckpt") else cfg.ckpt)
@@ -124,8 +126,9 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, A
     trainer.test(model, dataloaders=loader, verbose=False)
     scores = {k.removeprefix("test/"): float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
     if trainer.is_global_zero:
-        write_results(out, model.eval_records, scores, {
+        records = with_image_paths(model.eval_records, dm.splits[cfg.split])
+        write_results(out, records, scores, {
             "split": cfg.split, "ckpt": str(cfg.ckpt), "data": run.data.name, "shuffle_images": bool(cfg.shuffle_images),
             "generate": OmegaConf.to_container(run.generate, resolve=True),
-        })
+        }, model.scoring)
     return scores

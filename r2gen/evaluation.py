@@ -1,34 +1,142 @@
 """Score a corpus of generated reports: NLG metrics (pycocoevalcap) and, where the data set has a labeler,
-finding F1 from labelling predictions and references alike."""
+clinical scores from labelling predictions and references alike.
+
+`Scoring` holds how a corpus is scored (labeler, reference protocol, uncertain-label policy, the weights that pick
+the best checkpoint); validation during training, the test after training, `evaluate.py ckpt=...` and
+`evaluate.py predictions=...` all build it from the config with `Scoring.from_config`, so they score alike.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+
+LABELERS = ("demo", "chexpert")
+REFERENCES = ("full", "truncated")
 
 
-def labeler_scores(name: str | None, predictions: list[str], references: list[str]) -> dict[str, float]:
-    if not name:
+def truncate_reference(text: str, words: int) -> str:
+    """The first `words` whitespace tokens of a cleaned reference, joined by single spaces.
+
+    R2Gen's protocol (cuhksz-nlp/R2Gen modules/tokenizers.py `Tokenizer.__call__` gives `[0] + ids + [0]`;
+    modules/datasets.py `BaseDataset` cuts that to `[:max_seq_length]`; modules/trainer.py `_train_epoch` scores
+    against `tokenizer.decode_batch(reports_ids[:, 1:])`, which stops at the first 0): the reference is the first
+    max_seq_length - 1 words of the cleaned report. R2Gen also maps rare words to `<unk>` on that side; r2gen
+    keeps the words.
+    """
+    return " ".join(text.split()[:words])
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """How a corpus is scored. `labeler`: demo | chexpert | None; `references`: full | truncated (to
+    `truncate_words` words); `ce_uncertain`: negative | positive (the CheXpert labeler's UNCERTAIN as 0 or 1);
+    `chexbert` / `chexbert_tokenizer`: label with CheXbert weights instead of the rule-based labeler."""
+
+    labeler: str | None = None
+    weights: Mapping[str, float] | None = None
+    references: str = "full"
+    truncate_words: int | None = None
+    ce_uncertain: str = "negative"
+    chexbert: str | None = None
+    chexbert_tokenizer: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.labeler not in (None, *LABELERS):
+            raise ValueError(f"data.labeler={self.labeler!r}: choose demo, chexpert or null")
+        if self.references not in REFERENCES:
+            raise ValueError(f"eval.references={self.references!r}: choose full or truncated")
+        if self.references == "truncated" and not (isinstance(self.truncate_words, int) and self.truncate_words > 0):
+            raise ValueError(f"eval.references=truncated keeps data.max_report_tokens - 1 words; got "
+                             f"{self.truncate_words!r} words: set data.max_report_tokens to 2 or more")
+        if self.ce_uncertain not in ("negative", "positive"):
+            raise ValueError(f"eval.ce_uncertain={self.ce_uncertain!r}: choose negative or positive")
+        if self.chexbert and self.labeler != "chexpert":
+            raise ValueError(f"eval.chexbert is set but data.labeler={self.labeler!r}: CheXbert labels CheXpert "
+                             "observations; set data.labeler=chexpert, or eval.chexbert=null")
+
+    @classmethod
+    def from_config(cls, cfg) -> Scoring:
+        """From a composed config: `data.labeler`, `data.max_report_tokens`, `monitor.weights` and `eval.*`."""
+        e = cfg.eval
+        return cls(labeler=cfg.data.get("labeler"), weights=dict(cfg.monitor.weights or {}) or None,
+                   references=e.references, truncate_words=int(cfg.data.max_report_tokens) - 1,
+                   ce_uncertain=e.ce_uncertain, chexbert=e.chexbert, chexbert_tokenizer=e.chexbert_tokenizer)
+
+    @property
+    def reference_protocol(self) -> str:
+        """What metrics.json says under "references": `full` or `truncated(<words kept>)`."""
+        return "full" if self.references == "full" else f"truncated({self.truncate_words})"
+
+    @property
+    def labeler_name(self) -> str | None:
+        """What metrics.json says under "labeler": null, demo, chexpert or chexbert, with the uncertain policy."""
+        if self.labeler != "chexpert":
+            return self.labeler
+        return f"{'chexbert ' + str(self.chexbert) if self.chexbert else 'chexpert'} (uncertain -> {self.ce_uncertain})"
+
+    def prepare(self, records: Sequence[dict]) -> list[dict]:
+        """The records as scored: references truncated under `references=truncated` (other keys kept)."""
+        if self.references == "full":
+            return [dict(r) for r in records]
+        return [{**r, "reference": truncate_reference(r["reference"], self.truncate_words)} for r in records]
+
+    @cached_property
+    def _chexbert(self):
+        from r2gen.metrics.chexbert import CheXbert
+
+        return CheXbert(self.chexbert, self.chexbert_tokenizer)
+
+    def raw_labels(self, texts: Sequence[str]) -> list[dict[str, int | None]]:
+        """Per report, the labeler's own values: demo {finding: 0/1}; chexpert {label: 1/0/-1/None}."""
+        if self.labeler == "demo":
+            from r2gen.data.synthetic import label_report
+
+            return [label_report(t) for t in texts]
+        if self.labeler == "chexpert":
+            if self.chexbert:
+                return self._chexbert.label(texts)
+            from r2gen.metrics.chexpert import label_reports
+
+            return label_reports(texts)
+        return [{} for _ in texts]
+
+    def labels(self, texts: Sequence[str]) -> list[dict[str, int]]:
+        """Per report, 1/0 per label (chexpert: mapped with `to_binary(ce_uncertain)`)."""
+        raw = self.raw_labels(texts)
+        if self.labeler != "chexpert":
+            return [{k: int(v or 0) for k, v in x.items()} for x in raw]
+        from r2gen.metrics.chexpert import to_binary
+
+        return [to_binary(x, self.ce_uncertain) for x in raw]
+
+    def labeler_scores(self, predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+        if self.labeler == "demo":
+            from r2gen.data.synthetic import finding_scores
+
+            return finding_scores(list(predictions), self.raw_labels(references))
+        if self.labeler == "chexpert":
+            from r2gen.metrics.chexpert import ce_scores_from_labels
+
+            return ce_scores_from_labels(self.raw_labels(predictions), self.raw_labels(references), self.ce_uncertain)
         return {}
-    if name == "demo":
-        from r2gen.data.synthetic import finding_scores, label_report
-
-        return finding_scores(predictions, [label_report(r) for r in references])
-    raise ValueError(f"data.labeler={name!r}: choose demo or null")
 
 
-def score_records(records: list[dict[str, str]], labeler: str | None = None,
-                  weights: Mapping[str, float] | None = None) -> dict[str, float]:
-    """Corpus scores of `[{"id", "prediction", "reference"}]`, plus `score`, the weighted sum used to pick the
-    best checkpoint (`monitor.weights`, e.g. 0.5*Bleu_4 + 0.5*CIDEr as R2GenGPT)."""
+def score_records(records: Sequence[dict[str, str]], scoring: Scoring | None = None) -> dict[str, float]:
+    """Corpus scores of `[{"id", "prediction", "reference"}]` (references already as `scoring.prepare` gives them),
+    plus `score`, the weighted sum used to pick the best checkpoint (`monitor.weights`, e.g. 0.5*Bleu_4 +
+    0.5*CIDEr as R2GenGPT)."""
     from r2gen.metrics import score_corpus
 
+    scoring = scoring or Scoring()
     preds = [r["prediction"] for r in records]
     refs = [r["reference"] for r in records]
     scores = score_corpus(preds, refs)
-    scores.update(labeler_scores(labeler, preds, refs))
-    if weights:
-        unknown = [k for k in weights if k not in scores]
+    scores.update(scoring.labeler_scores(preds, refs))
+    if scoring.weights:
+        unknown = [k for k in scoring.weights if k not in scores]
         if unknown:
             raise ValueError(f"monitor.weights names {unknown}, not among the scores {sorted(scores)}")
-        scores["score"] = float(sum(w * scores[k] for k, w in weights.items()))
+        scores["score"] = float(sum(w * scores[k] for k, w in scoring.weights.items()))
     return scores

@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from r2gen import build
 from r2gen.checkpoint import read_checkpoint
 from r2gen.models.module import R2GenModule
-from r2gen.results import write_results
+from r2gen.results import with_image_paths, write_results
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         scores = {k.removeprefix("test/"): float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
         metrics.update({f"test/{k}": v for k, v in scores.items()})
         if trainer.is_global_zero:
-            write_results(out / "test", model.eval_records, scores,
+            write_results(out / "test", with_image_paths(model.eval_records, dm.splits["test"]), scores,
                           {"split": "test", "ckpt": best or "final weights", "data": cfg.data.name,
-                           "generate": OmegaConf.to_container(cfg.generate, resolve=True)})
+                           "generate": OmegaConf.to_container(cfg.generate, resolve=True)}, model.scoring)
     return metrics

@@ -14,6 +14,7 @@ from r2gen.metrics import METRIC_NAMES
 from r2gen.train import train
 
 from .conftest import ROOT, cli_env
+from .test_scoring import parse_page
 
 
 def run_cli(script: str, *args: str, cache_dir: Path) -> subprocess.CompletedProcess:
@@ -76,18 +77,25 @@ def test_evaluate_in_fresh_process_matches_training_test_scores(trained, tmp_pat
     assert m["generate"]["num_beams"] == 2 and m["split"] == "test"
     assert len(read_jsonl(ev / "predictions.jsonl")) == m["n_studies"]
     assert "Bleu_4" in r.stdout and "CIDEr" in r.stdout  # the table a user reads
+    assert "per label" in r.stdout and "f1" in r.stdout  # the demo labeler's per-finding F1
+    assert m["references"] == first["references"] == "full" and m["labeler"] == "demo"
+    page = parse_page((ev / "report.html").read_text())  # the viewer: one row per study, thumbnails embedded
+    assert page.rows == m["n_studies"] and len(page.srcs) == 2 * m["n_studies"]
 
 
 def test_evaluate_overrides_generate_from_command_line(trained, tmp_path, cache_dir):
     _, out, _ = trained
     ev = tmp_path / "eval"
     r = run_cli("evaluate.py", f"ckpt={out}/checkpoints/last.ckpt", f"hydra.run.dir={ev}", "generate=greedy",
-                "generate.max_new_tokens=3", "split=val", "trainer.enable_progress_bar=false", cache_dir=cache_dir)
+                "generate.max_new_tokens=3", "split=val", "trainer.enable_progress_bar=false",
+                "eval.references=truncated", "data.max_report_tokens=6", cache_dir=cache_dir)
     assert r.returncode == 0, r.stderr[-3000:]
     m = json.loads((ev / "metrics.json").read_text())
     assert m["generate"]["num_beams"] == 1 and m["generate"]["max_new_tokens"] == 3 and m["split"] == "val"
     preds = read_jsonl(ev / "predictions.jsonl")
     assert len(preds) == 6
+    # R2Gen's reference protocol: scored against the first max_report_tokens - 1 words of each reference
+    assert m["references"] == "truncated(5)" and all(len(p["reference"].split()) == 5 for p in preds)
 
 
 def test_resume_continues_from_last_checkpoint(trained, make_cfg):

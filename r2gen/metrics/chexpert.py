@@ -298,20 +298,29 @@ def _prf(tp: int, fp: int, fn: int) -> tuple[float, float, float]:
 
 
 def ce_scores(predictions: Sequence[str], references: Sequence[str], uncertain: str = "negative") -> dict[str, float]:
-    """Clinical-efficacy scores: both sides labelled with `label_report`, mapped with `to_binary(uncertain=...)`.
+    """Clinical-efficacy scores: both sides labelled with `label_report`, then `ce_scores_from_labels`."""
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
+    return ce_scores_from_labels(label_reports(predictions), label_reports(references), uncertain)
+
+
+def ce_scores_from_labels(predicted: Sequence[dict[str, int | None]], reference: Sequence[dict[str, int | None]],
+                          uncertain: str = "negative") -> dict[str, float]:
+    """Clinical-efficacy scores of label sets from any CheXpert-style labeler (this one, or CheXbert), each
+    mapped with `to_binary(uncertain=...)`.
 
     Keys: "ce_precision_micro", "ce_recall_micro", "ce_f1_micro" (TP/FP/FN pooled over the 14 labels,
     No Finding included); "ce_precision_macro", "ce_recall_macro", "ce_f1_macro" (unweighted means over the 14
     labels of the per-label precision, recall and F1); "ce_precision_micro_5", "ce_recall_micro_5",
-    "ce_f1_micro_5" (pooled over `COMMON5`); and "ce_f1/<Label>" per label. Zero division gives 0, as
-    scikit-learn's `zero_division=0` (the CheXbert-style evaluation): a label with no true and no predicted
-    positive scores precision = recall = F1 = 0 and still counts in the macro means, so identical predictions
-    and references reach macro F1 = 1 only when every label occurs.
+    "ce_f1_micro_5" (pooled over `COMMON5`); and "ce_precision/<Label>", "ce_recall/<Label>", "ce_f1/<Label>"
+    per label. Zero division gives 0, as scikit-learn's `zero_division=0` (the CheXbert-style evaluation): a
+    label with no true and no predicted positive scores precision = recall = F1 = 0 and still counts in the
+    macro means, so identical predictions and references reach macro F1 = 1 only when every label occurs.
     """
-    if len(predictions) != len(references):
-        raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
-    pred = [to_binary(label_report(t), uncertain) for t in predictions]
-    ref = [to_binary(label_report(t), uncertain) for t in references]
+    if len(predicted) != len(reference):
+        raise ValueError(f"{len(predicted)} predictions but {len(reference)} references")
+    pred = [to_binary(x, uncertain) for x in predicted]
+    ref = [to_binary(x, uncertain) for x in reference]
     counts = {k: [0, 0, 0] for k in CHEXPERT_LABELS}  # tp, fp, fn
     for p, r in zip(pred, ref, strict=True):
         for k in CHEXPERT_LABELS:
@@ -326,5 +335,6 @@ def ce_scores(predictions: Sequence[str], references: Sequence[str], uncertain: 
         scores.update({f"ce_precision_micro{suffix}": p, f"ce_recall_micro{suffix}": r, f"ce_f1_micro{suffix}": f})
     for i, name in enumerate(("precision", "recall", "f1")):
         scores[f"ce_{name}_macro"] = sum(per[k][i] for k in CHEXPERT_LABELS) / len(CHEXPERT_LABELS)
-    scores.update({f"ce_f1/{k}": per[k][2] for k in CHEXPERT_LABELS})
+    for i, name in enumerate(("precision", "recall", "f1")):
+        scores.update({f"ce_{name}/{k}": per[k][i] for k in CHEXPERT_LABELS})
     return scores
