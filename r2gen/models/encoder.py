@@ -32,11 +32,20 @@ def create_timm_model(name: str, pretrained: bool | str = False, **kwargs) -> nn
 class ImageEncoder(nn.Module):
     """[B, V, 3, H, W] images + [B, V] view mask -> [B, T, C] tokens + [B, T] token mask."""
 
-    def __init__(self, name: str, pretrained: bool | str = False, fusion: str = "mean", **timm_kwargs):
+    def __init__(self, name: str, pretrained: bool | str = False, fusion: str = "mean",
+                 gradient_checkpointing: bool = False, **timm_kwargs):
         super().__init__()
         if fusion not in FUSIONS:
             raise ValueError(f"data.view_fusion={fusion!r}: choose one of {', '.join(FUSIONS)}")
+        if not isinstance(gradient_checkpointing, bool):
+            raise ValueError(f"encoder.gradient_checkpointing={gradient_checkpointing!r}: choose true or false")
         self.model = create_timm_model(name, pretrained, **timm_kwargs)
+        if gradient_checkpointing:  # recompute block activations in backward (timm's own switch)
+            try:
+                self.model.set_grad_checkpointing(True)
+            except (AssertionError, NotImplementedError) as e:
+                raise ValueError(f"encoder.gradient_checkpointing=true: timm's {name} does not support it ({e}); "
+                                 "set it to false") from None
         self.fusion = fusion
         self.num_features = self.model.num_features
 
@@ -60,7 +69,11 @@ class ImageEncoder(nn.Module):
     def forward(self, images: torch.Tensor, view_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b, v = images.shape[:2]
         tok = self.tokens(images.flatten(0, 1))  # [B*V, L, C]
-        tok = tok.unflatten(0, (b, v))  # [B, V, L, C]
+        return self.fuse(tok.unflatten(0, (b, v)), view_mask)
+
+    def fuse(self, tok: torch.Tensor, view_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B, V, L, C] per-view tokens (from `tokens`, or a feature cache) -> [B, T, C] tokens + [B, T] mask."""
+        b, v = tok.shape[:2]
         m = view_mask.to(tok.dtype)[:, :, None, None]  # [B, V, 1, 1]
         if self.fusion == "mean":
             fused = (tok * m).sum(1) / m.sum(1).clamp_min(1)  # [B, L, C]
