@@ -5,6 +5,7 @@ Shared by `train` and `evaluate`, so both rebuild a model the same way.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from pathlib import Path
 
@@ -12,8 +13,9 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from r2gen.data.annotations import read_studies
 from r2gen.data.clean import get_cleaner
-from r2gen.data.datamodule import ReportDataModule, read_annotation
+from r2gen.data.datamodule import ReportDataModule
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +43,7 @@ def lm_path(cfg: DictConfig) -> str:
     from r2gen.models.tiny_lm import ensure_tiny_lm
 
     clean = get_cleaner(cfg.data.clean)
-    reports = [clean(e["report"]) for e in read_annotation(cfg.data.annotation)["train"]]
+    reports = [clean(e["report"]) for e in read_studies(cfg.data)["train"]]
     return str(ensure_tiny_lm(name, reports, cfg.lm.build))
 
 
@@ -54,13 +56,45 @@ def datamodule(cfg: DictConfig, model) -> ReportDataModule:
         augment = model.encoder_mode != "frozen"
     elif not isinstance(augment, bool):
         raise ValueError(f"data.augment={augment!r}: choose auto, true or false")
-    return ReportDataModule(cfg.data, size, dc["mean"], dc["std"], augment)
+    dm = ReportDataModule(cfg.data, size, dc["mean"], dc["std"], augment)
+    cache_dir = feature_cache_dir(cfg, model.encoder_mode, augment)
+    if cache_dir is not None:
+        from r2gen.data.feature_cache import FeatureCache
+
+        dm.features = FeatureCache(model.encoder, cache_dir, cfg.data.eval_batch_size, cfg.data.num_workers)
+    max_tokens = cfg.data.max_report_tokens
+    dm.report_lengths = lambda reports: [len(t) for t in model.prompt.targets(reports, max_tokens)]
+    return dm
+
+
+def feature_cache_dir(cfg: DictConfig, encoder_mode: str, augment: bool) -> Path | None:
+    """Where a frozen encoder's features are cached (`data.feature_cache`), or None when they are not."""
+    setting = cfg.data.get("feature_cache", "off")  # .get: checkpoints written before the key existed lack it
+    if setting in ("off", None, False):
+        return None
+    usable = encoder_mode == "frozen" and not augment
+    if setting == "auto":
+        return Path(cfg.paths.cache_dir) / "features" if usable else None
+    if not isinstance(setting, str) or setting in ("on", "true", "True"):  # true/on: which folder?
+        raise ValueError(f"data.feature_cache={setting!r}: choose auto, off or a folder")
+    if not usable:
+        raise ValueError(f"data.feature_cache={setting}: features can only be cached for a frozen encoder (align=shallow) "
+                         f"fed un-augmented images (data.augment=false); this run has align.encoder={encoder_mode}, "
+                         f"augment={augment}: set data.feature_cache=off or auto")
+    return Path(setting)
 
 
 def trainer(cfg: DictConfig, with_callbacks: bool = True) -> pl.Trainer:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()] if with_callbacks else []
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()] if with_callbacks else False
-    return pl.Trainer(**cfg.trainer, callbacks=callbacks, logger=loggers, default_root_dir=cfg.paths.output_dir)
+    args = dict(cfg.trainer)
+    strategy = args.get("strategy")
+    if isinstance(strategy, DictConfig):  # a strategy with options (trainer=fsdp): `_target_` + its arguments
+        args["strategy"] = instantiate(strategy)
+    elif isinstance(strategy, str) and strategy.startswith("deepspeed") and importlib.util.find_spec("deepspeed") is None:
+        raise ValueError(f"trainer.strategy={strategy} needs DeepSpeed, which is not installed: "
+                         'pip install -e ".[deepspeed]" (GPU machines), or choose trainer=ddp or trainer=fsdp')
+    return pl.Trainer(**args, callbacks=callbacks, logger=loggers, default_root_dir=cfg.paths.output_dir)
 
 
 def output_dir(cfg: DictConfig) -> Path:

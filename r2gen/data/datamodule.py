@@ -1,44 +1,28 @@
-"""Studies from an R2Gen `annotation.json` as batches of multi-view images and cleaned reports.
+"""Studies as batches of multi-view images and cleaned reports: the LightningDataModule.
 
-`annotation.json`: `{"train"|"val"|"test": [{"id", "report", "image_path": [...], ...}]}`, image paths
-relative to `data.image_dir`. A study's first `data.num_views` images are used; a study with fewer views gets
-zero images and a view mask, so the encoder ignores them.
+Studies come from `r2gen.data.annotations.read_studies` (R2Gen `annotation.json`, JSONL or CSV), image paths
+relative to `data.image_dir`, and pass the set-up check (`r2gen.data.checks`) before any loader is built. A
+study's first `data.num_views` images are used; a study with fewer views gets zero images and a view mask, so the
+encoder ignores them.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
+from r2gen.data.annotations import SPLITS, read_annotation, read_studies  # noqa: F401 (read_annotation: re-export)
+from r2gen.data.checks import check_studies
 from r2gen.data.clean import get_cleaner
+from r2gen.data.images import load_image
 
 log = logging.getLogger(__name__)
-SPLITS = ("train", "val", "test")
-
-
-def read_annotation(path: str | Path) -> dict[str, list[dict[str, Any]]]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"annotation file not found: {path} (set data.annotation, or data.root for its folder)")
-    with open(path) as f:
-        ann = json.load(f)
-    missing = [s for s in SPLITS if s not in ann]
-    if missing:
-        raise ValueError(f"{path}: no {', '.join(missing)} split; expected keys {SPLITS} (R2Gen annotation layout)")
-    for split in SPLITS:
-        for i, e in enumerate(ann[split]):
-            for key in ("id", "report", "image_path"):
-                if key not in e:
-                    raise ValueError(f"{path}: {split}[{i}] has no {key!r} (keys: {sorted(e)})")
-    return {s: ann[s] for s in SPLITS}
 
 
 def image_transform(size: int, mean, std, augment: bool) -> T.Compose:
@@ -60,7 +44,7 @@ class StudyDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         e = self.entries[i]
-        views = [self.transform(Image.open(self.image_dir / p).convert("RGB")) for p in e["image_path"][: self.num_views]]
+        views = [self.transform(load_image(self.image_dir / p)) for p in e["image_path"][: self.num_views]]
         images = torch.zeros(self.num_views, *views[0].shape)
         images[: len(views)] = torch.stack(views)
         mask = torch.arange(self.num_views) < len(views)
@@ -68,9 +52,10 @@ class StudyDataset(Dataset):
 
 
 def collate(batch: list[dict]) -> dict[str, Any]:
+    pixels = "features" if "features" in batch[0] else "images"  # a feature cache serves features instead
     return {
         "ids": [b["id"] for b in batch],
-        "images": torch.stack([b["images"] for b in batch]),  # [B, V, 3, H, W]
+        pixels: torch.stack([b[pixels] for b in batch]),  # images [B, V, 3, H, W] | features [B, V, L, C]
         "view_mask": torch.stack([b["view_mask"] for b in batch]),  # [B, V]
         "reports": [b["report"] for b in batch],
     }
@@ -85,6 +70,8 @@ class ReportDataModule(pl.LightningDataModule):
         self.image_size, self.mean, self.std, self.augment = image_size, tuple(mean), tuple(std), augment
         self.clean = get_cleaner(cfg.clean)
         self.splits: dict[str, StudyDataset] = {}
+        self.features = None  # a FeatureCache (r2gen.data.feature_cache) when data.feature_cache is on
+        self.report_lengths = None  # reports -> token counts, for data.group_by_length (set by r2gen.build)
 
     def prepare_data(self) -> None:
         if self.cfg.get("demo"):  # the built-in synthetic set is generated on first use
@@ -95,27 +82,17 @@ class ReportDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
-        ann = read_annotation(self.cfg.annotation)
         image_dir = Path(self.cfg.image_dir)
-        self._check_images(ann, image_dir)
+        # .get: configs in checkpoints written before on_bad_sample existed lack it; they had the strict behaviour
+        policy = self.cfg.get("on_bad_sample") or "error"
+        ann = check_studies(read_studies(self.cfg), image_dir, self.clean, policy, source=self._source())
         for split in SPLITS:
-            entries = [e for e in ann[split] if e["report"].strip()]
-            if len(entries) < len(ann[split]):
-                log.warning("%s: dropped %d studies with an empty report", split, len(ann[split]) - len(entries))
             tf = image_transform(self.image_size, self.mean, self.std, self.augment and split == "train")
-            self.splits[split] = StudyDataset(entries, image_dir, tf, self.cfg.num_views, self.clean)
+            self.splits[split] = StudyDataset(ann[split], image_dir, tf, self.cfg.num_views, self.clean)
 
-    @staticmethod
-    def _check_images(ann, image_dir: Path) -> None:
-        """Fail at setup, not in epoch 3: every referenced image must exist."""
-        missing = [(s, e["id"], p) for s in SPLITS for e in ann[s] for p in e["image_path"]
-                   if not (image_dir / p).is_file()]
-        if not ann["train"] or not ann["val"] or not ann["test"]:
-            empty = [s for s in SPLITS if not ann[s]]
-            raise ValueError(f"data split(s) {empty} are empty in {image_dir.parent}; each of train/val/test needs studies")
-        if missing:
-            first = "; ".join(f"{s} id {i}: {image_dir / p}" for s, i, p in missing[:5])
-            raise FileNotFoundError(f"{len(missing)} image(s) not found under data.image_dir={image_dir}: {first}")
+    def _source(self) -> str:
+        files = [self.cfg.get(f"{s}_file") for s in SPLITS]
+        return ", ".join(map(str, files)) if any(files) else str(self.cfg.annotation)
 
     def train_reports(self) -> list[str]:
         self.setup()
@@ -124,8 +101,16 @@ class ReportDataModule(pl.LightningDataModule):
     def _loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader:
         self.setup()
         n = self.cfg.num_workers
-        return DataLoader(self.splits[split], batch_size=batch_size, shuffle=shuffle, num_workers=n,
-                          collate_fn=collate, persistent_workers=n > 0, pin_memory=torch.cuda.is_available())
+        ds = self.splits[split]
+        if self.features is not None:  # built here, when the encoder's weights are final (after a checkpoint load)
+            ds = self.features.dataset(split, ds)
+        batching: dict[str, Any] = {"batch_size": batch_size, "shuffle": shuffle}
+        if shuffle and self.cfg.get("group_by_length"):
+            from r2gen.data.sampler import length_grouped
+
+            batching = {"batch_sampler": length_grouped(ds, self.report_lengths(self.splits[split].reports), batch_size)}
+        return DataLoader(ds, **batching, num_workers=n, collate_fn=collate, persistent_workers=n > 0,
+                          pin_memory=torch.cuda.is_available())
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True, self.cfg.batch_size)

@@ -18,7 +18,7 @@ from pytorch_lightning.utilities import rank_zero_info
 from torch import nn
 
 from r2gen.data.clean import get_cleaner
-from r2gen.evaluation import score_records
+from r2gen.evaluation import Scoring, score_records
 from r2gen.models.encoder import ImageEncoder
 from r2gen.models.lm import generation_config, load_lm, quantization_config
 from r2gen.models.prompt import Prompt, assemble
@@ -38,6 +38,8 @@ class R2GenModule(pl.LightningModule):
         self.strict_loading = False  # checkpoints hold only what cannot be rebuilt; on_load_checkpoint checks it
 
         self.encoder = ImageEncoder(cfg.encoder.name, cfg.encoder.pretrained, cfg.data.view_fusion,
+                                    # .get: configs in checkpoints written before the key existed lack it
+                                    cfg.encoder.get("gradient_checkpointing", False),
                                     **(cfg.encoder.get("kwargs") or {}))
         quant = quantization_config(cfg.get("quant"), cfg.lm)  # None unless quant=4bit|8bit
         self.lm_model, self.tokenizer = load_lm(cfg.lm, quant, path=lm_path)
@@ -49,6 +51,7 @@ class R2GenModule(pl.LightningModule):
         self.gen_config = generation_config(self.lm_model, self.tokenizer,
                                             OmegaConf.to_container(cfg.generate, resolve=True))
         self.clean = get_cleaner(cfg.data.clean)
+        self.scoring = Scoring.from_config(cfg)  # checked now, not after the first validation epoch
 
         self.encoder_mode = apply_align(self.encoder, cfg.align)
         self.lm_model = apply_lm_training(self.lm_model, cfg.lm, quantized=quant is not None)
@@ -96,23 +99,30 @@ class R2GenModule(pl.LightningModule):
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         return self.lm_model.get_input_embeddings()(ids)
 
-    def encode_images(self, images: torch.Tensor, view_mask: torch.Tensor):
-        with torch.set_grad_enabled(self.encoder_mode != "frozen" and torch.is_grad_enabled()):
-            tokens, mask = self.encoder(images, view_mask)  # [B, T, C], [B, T]
+    def encode_images(self, images: torch.Tensor | None, view_mask: torch.Tensor,
+                      features: torch.Tensor | None = None):
+        """Image tokens in the LM's embedding space, [B, T, H] + [B, T] mask, from images [B, V, 3, H, W] or,
+        with a feature cache, from the frozen encoder's stored per-view tokens `features` [B, V, L, C]."""
+        if features is not None:  # the encoder is skipped: it is frozen, and these are its outputs
+            tokens, mask = self.encoder.fuse(features.to(self.lm_proj.weight.dtype), view_mask)
+        else:
+            with torch.set_grad_enabled(self.encoder_mode != "frozen" and torch.is_grad_enabled()):
+                tokens, mask = self.encoder(images, view_mask)  # [B, T, C], [B, T]
         x = self.lm_norm(self.lm_proj(tokens))  # [B, T, H]
         return x.to(self.lm_model.get_input_embeddings().weight.dtype), mask
 
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
-        """Causal-LM loss of the reports given the images."""
-        img, mask = self.encode_images(batch["images"], batch["view_mask"])
+        """Causal-LM loss of the reports given the images (or their cached features)."""
+        img, mask = self.encode_images(batch.get("images"), batch["view_mask"], batch.get("features"))
         targets = self.prompt.targets(batch["reports"], self.cfg.data.max_report_tokens)
         inputs, attn, labels = assemble(self.embed, self.prompt, img, mask, targets, "right")
         return self.lm_model(inputs_embeds=inputs, attention_mask=attn, labels=labels).loss
 
     @torch.no_grad()
-    def generate(self, images: torch.Tensor, view_mask: torch.Tensor) -> list[str]:
-        """Reports for a batch of studies, cleaned with the data set's policy."""
-        img, mask = self.encode_images(images, view_mask)
+    def generate(self, images: torch.Tensor | None, view_mask: torch.Tensor,
+                 features: torch.Tensor | None = None) -> list[str]:
+        """Reports for a batch of studies (images, or cached `features`), cleaned with the data set's policy."""
+        img, mask = self.encode_images(images, view_mask, features)
         inputs, attn = assemble(self.embed, self.prompt, img, mask, None, "left")
         out = self.lm_model.generate(inputs_embeds=inputs, attention_mask=attn, generation_config=self.gen_config)
         texts = self.tokenizer.batch_decode(out, skip_special_tokens=True)  # new tokens only (inputs_embeds)
@@ -131,7 +141,7 @@ class R2GenModule(pl.LightningModule):
         self._eval_step(batch)
 
     def _eval_step(self, batch) -> None:
-        preds = self.generate(batch["images"], batch["view_mask"])
+        preds = self.generate(batch.get("images"), batch["view_mask"], batch.get("features"))
         self._eval_records += [{"id": i, "prediction": p, "reference": r}
                                for i, p, r in zip(batch["ids"], preds, batch["reports"], strict=True)]
 
@@ -156,9 +166,10 @@ class R2GenModule(pl.LightningModule):
             for r in (r for shard in shards for r in shard):  # the distributed sampler repeats studies to even out shards
                 seen.setdefault(r["id"], r)
             records = list(seen.values())
+        records = self.scoring.prepare(records)  # references as scored (eval.references)
         scores = [None]
         if self.trainer.is_global_zero and records and not self.trainer.sanity_checking:
-            scores[0] = score_records(records, self.cfg.data.get("labeler"), self.cfg.monitor.weights)
+            scores[0] = score_records(records, self.scoring)
         if self.trainer.world_size > 1 and torch.distributed.is_initialized():
             torch.distributed.broadcast_object_list(scores, src=0)
         self.eval_records = records
