@@ -7,7 +7,6 @@ the evaluate config (run folder `outputs/evaluate/<date>/<time>`).
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from pathlib import Path
@@ -18,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from r2gen import build
 from r2gen.checkpoint import load_weights, read_checkpoint
+from r2gen.data.annotations import jsonl_objects
 from r2gen.data.clean import get_cleaner
 from r2gen.evaluation import Scoring, score_records
 from r2gen.models.module import R2GenModule
@@ -69,14 +69,8 @@ def read_predictions(path: str | Path) -> list[dict[str, str]]:
     if not p.is_file():
         raise FileNotFoundError(f"predictions={path}: no such file (expected JSONL: one {{id, prediction, reference}} per line)")
     records, seen = [], set()
-    for n, line in enumerate(p.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"predictions={path} line {n}: not JSON ({e.msg})") from None
-        missing = [k for k in ("id", "prediction", "reference") if not isinstance(r, dict) or k not in r]
+    for n, r in jsonl_objects(p, f"predictions={path}"):
+        missing = [k for k in ("id", "prediction", "reference") if k not in r]
         if missing:
             raise ValueError(f"predictions={path} line {n}: missing {missing}; each line needs id, prediction, reference")
         if str(r["id"]) in seen:

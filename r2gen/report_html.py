@@ -69,8 +69,9 @@ def _esc(x: Any) -> str:
 
 
 def _histogram(values: Sequence[float], title: str, bins: int = 20, w: int = 360, h: int = 180) -> str:
-    lo, hi = (min(values), max(values)) if values else (0.0, 1.0)
-    hi = hi if hi > lo else lo + 1.0
+    # scores are >= 0; the axis starts at 0 and spans at least [0, 1] (CIDEr may exceed 1), so a corpus of
+    # near-zero scores shows as one bar at 0 rather than spread over a range too small to print
+    lo, hi = 0.0, max(1.0, *values) if values else 1.0
     counts = [0] * bins
     for v in values:
         counts[min(bins - 1, int((v - lo) / (hi - lo) * bins))] += 1

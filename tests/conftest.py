@@ -7,6 +7,9 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"  # a failed hub lookup otherwise retries for ~46 s
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -62,3 +65,13 @@ def make_cfg(tmp_path, cache_dir):
 def cli_env(cache_dir: Path) -> dict[str, str]:
     """Environment for running train.py / evaluate.py as a user would, in a fresh process."""
     return {**os.environ, "R2GEN_CACHE": str(cache_dir), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def run_cli(script: str, *args: str, cache_dir: Path) -> subprocess.CompletedProcess:
+    """Run `train.py` / `evaluate.py` in a fresh process from the repository root, as a user would."""
+    return subprocess.run([sys.executable, script, *args], cwd=ROOT, env=cli_env(cache_dir),
+                          capture_output=True, text=True, timeout=600)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]

@@ -145,3 +145,23 @@ def test_damaged_cache_file_is_rebuilt_not_used(make_cfg, count_encoder, damage)
     study = dm.splits["val"].entries[0]
     row = again.rows[study["image_path"][0]]
     assert torch.equal(again[0]["features"][0], torch.from_numpy(good[row]))
+
+
+def test_cache_built_ahead_by_the_command_is_what_training_reads(make_cfg, count_encoder):
+    from r2gen.cache import build_cache
+
+    cfg = make_cfg("align=shallow", "seed=11")
+    build.prepare_data(cfg.data)
+    build.lm_path(cfg)  # the tiny LM exists before either run, as after any first run
+    files = build_cache(cfg)
+    assert set(files) == {"train", "val", "test"} and count_encoder["images"] > 0
+    count_encoder["images"] = 0
+    train(make_cfg("align=shallow", "seed=11"))  # test_after_fit=true: train, val and test all come from the files
+    assert count_encoder["images"] == 0
+
+
+def test_cache_command_refuses_a_config_that_caches_nothing(make_cfg):
+    from r2gen.cache import build_cache
+
+    with pytest.raises(ValueError, match="align=shallow"):
+        build_cache(make_cfg("align=deep"))

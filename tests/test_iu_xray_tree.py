@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +21,7 @@ from r2gen.data.clean import clean_report_iu_xray
 from r2gen.data.datamodule import ReportDataModule
 from r2gen.metrics import METRIC_NAMES
 
-from .conftest import ROOT, SHARED_DATA, SMALL, cli_env
+from .conftest import SHARED_DATA, SMALL, read_jsonl, run_cli
 from .test_images import write_dicom
 
 IU_ANNOTATION = SHARED_DATA / "iu_xray" / "annotation.json"
@@ -54,15 +52,6 @@ def build_tree(root: Path) -> dict:
     write_dicom(root / "images" / dcm["image_path"][1], pixels, "MONOCHROME2")
     (root / "annotation.json").write_text(json.dumps(ann))
     return ann
-
-
-def run_cli(script: str, *args: str, cache_dir: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, script, *args], cwd=ROOT, env=cli_env(cache_dir),
-                          capture_output=True, text=True, timeout=600)
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,6 @@
 import csv
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,17 +11,8 @@ import torch
 from r2gen.metrics import METRIC_NAMES
 from r2gen.train import train
 
-from .conftest import ROOT, cli_env
+from .conftest import read_jsonl, run_cli
 from .test_scoring import parse_page
-
-
-def run_cli(script: str, *args: str, cache_dir: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, script, *args], cwd=ROOT, env=cli_env(cache_dir),
-                          capture_output=True, text=True, timeout=600)
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")

@@ -112,6 +112,14 @@ def _rows(path: Path, fmt: str):
             for n, row in enumerate(csv.DictReader(f), 2):
                 yield f"row {n}", row
         return
+    for n, row in jsonl_objects(path):
+        yield f"line {n}", row
+
+
+def jsonl_objects(path: Path, name: str | None = None):
+    """(line number, object) for each non-blank line of a JSONL file; a line that is not a JSON object is an error
+    naming `name` (how the user gave the file, e.g. `predictions=<path>`; default the path) and the line."""
+    name = name or str(path)
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
@@ -119,10 +127,10 @@ def _rows(path: Path, fmt: str):
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path} line {n}: not JSON ({e.msg})") from None
+                raise ValueError(f"{name} line {n}: not JSON ({e.msg})") from None
             if not isinstance(row, dict):
-                raise ValueError(f"{path} line {n}: expected a JSON object per line, got {type(row).__name__}")
-            yield f"line {n}", row
+                raise ValueError(f"{name} line {n}: expected a JSON object per line, got {type(row).__name__}")
+            yield n, row
 
 
 def _paths(cell) -> list[str]:

@@ -1,0 +1,62 @@
+"""Build the frozen-feature cache ahead of training: `python -m r2gen.cache align=shallow [data=... encoder=...]`.
+
+Takes the same overrides as `train.py` and builds the model the same way (same seed, same encoder weights, same
+image transform), then runs every train/val/test image through the frozen encoder once. A later `train.py` or
+`evaluate.py` with that config finds the files (their names hash images, encoder weights and transform) and never
+runs the encoder; runs that share `paths.cache_dir` share them. Useful to encode once on one GPU before many runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig
+
+from r2gen import build
+from r2gen.data.datamodule import SPLITS
+from r2gen.models.module import R2GenModule
+
+log = logging.getLogger(__name__)
+
+
+def build_cache(cfg: DictConfig) -> dict[str, str]:
+    """Encode every image of every split into the cache `cfg` points at; returns split -> feature file."""
+    pl.seed_everything(cfg.seed, workers=True)  # as train.py: a randomly initialised frozen encoder matches too
+    build.prepare_data(cfg.data)
+    model = R2GenModule(cfg, lm_path=build.lm_path(cfg))
+    dm = build.datamodule(cfg, model)
+    if dm.features is None:
+        raise ValueError(f"data.feature_cache={cfg.data.get('feature_cache')}: this config caches no features "
+                         f"(align.encoder={model.encoder_mode}); the cache serves a frozen encoder on un-augmented "
+                         "images: add align=shallow (and data.feature_cache=auto or a folder)")
+    if torch.cuda.is_available():
+        model.encoder.cuda()
+    dm.setup()
+    files = {}
+    for split in SPLITS:
+        ds = dm.features.dataset(split, dm.splits[split])
+        files[split] = str(ds.path)
+        print(f"{split:<5}  {len(ds):>6} studies  {ds.path}")
+    print(f"encoded {dm.features.encoded_images} images (0: every file was already there)")
+    return files
+
+
+def _main() -> None:
+    import hydra
+
+    from r2gen.cli import run_cli
+
+    @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+    def main(cfg: DictConfig) -> None:
+        run_cli(build_cache, cfg)
+
+    if not any(a.startswith("task_name=") for a in sys.argv[1:]):
+        sys.argv.insert(1, "task_name=cache")  # its own run folder: outputs/cache/<date>/<time>
+    main()
+
+
+if __name__ == "__main__":
+    _main()
