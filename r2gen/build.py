@@ -44,7 +44,10 @@ def lm_path(cfg: DictConfig) -> str:
 
     clean = get_cleaner(cfg.data.clean)
     reports = [clean(e["report"]) for e in read_studies(cfg.data)["train"]]
-    return str(ensure_tiny_lm(name, reports, cfg.lm.build))
+    import torch
+
+    with torch.random.fork_rng():  # building seeds torch itself: a run that builds the LM must initialise and
+        return str(ensure_tiny_lm(name, reports, cfg.lm.build))  # shuffle exactly like one that finds it built
 
 
 def datamodule(cfg: DictConfig, model) -> ReportDataModule:

@@ -9,7 +9,6 @@ runs the encoder; runs that share `paths.cache_dir` share them. Useful to encode
 from __future__ import annotations
 
 import logging
-import sys
 
 import pytorch_lightning as pl
 import torch
@@ -44,19 +43,7 @@ def build_cache(cfg: DictConfig) -> dict[str, str]:
     return files
 
 
-def _main() -> None:
-    import hydra
-
-    from r2gen.cli import run_cli
-
-    @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-    def main(cfg: DictConfig) -> None:
-        run_cli(build_cache, cfg)
-
-    if not any(a.startswith("task_name=") for a in sys.argv[1:]):
-        sys.argv.insert(1, "task_name=cache")  # its own run folder: outputs/cache/<date>/<time>
-    main()
-
-
 if __name__ == "__main__":
-    _main()
+    from r2gen.cli import module_main
+
+    module_main(build_cache, "cache")

@@ -32,3 +32,19 @@ def run_cli(fn: Callable[[DictConfig], object], cfg: DictConfig) -> None:
             raise
         print(f"error: {e}\n(set R2GEN_TRACEBACK=1 for the full traceback)", file=sys.stderr)
         sys.exit(2)
+
+
+def module_main(fn: Callable[[DictConfig], object], task_name: str) -> None:
+    """`python -m r2gen.<tool> key=value ...`: compose the training config (same overrides as train.py) and run
+    `fn` on it with run_cli's error handling, in its own run folder `outputs/<task_name>/<date>/<time>`."""
+    import hydra
+
+    conf = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
+
+    @hydra.main(version_base="1.3", config_path=conf, config_name="config")
+    def main(cfg: DictConfig) -> None:
+        run_cli(fn, cfg)
+
+    if not any(a.startswith("task_name=") for a in sys.argv[1:]):
+        sys.argv.insert(1, f"task_name={task_name}")
+    main()

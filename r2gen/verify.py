@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -144,19 +143,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return report
 
 
-def _main() -> None:
-    import hydra
-
-    from r2gen.cli import run_cli
-
-    @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-    def main(cfg: DictConfig) -> None:
-        run_cli(run, cfg)
-
-    if not any(a.startswith("task_name=") for a in sys.argv[1:]):
-        sys.argv.insert(1, "task_name=verify")  # its own run folder: outputs/verify/<date>/<time>
-    main()
-
-
 if __name__ == "__main__":
-    _main()
+    from r2gen.cli import module_main
+
+    module_main(run, "verify")

@@ -21,6 +21,23 @@ def test_tiny_lm_is_built_once_under_the_cache(make_cfg, cache_dir):
     assert Path(build.lm_path(cfg)) == path and (path / "config.json").stat().st_mtime_ns == stamp
 
 
+def test_building_the_tiny_lm_leaves_the_run_s_random_stream_alone(make_cfg, tmp_path):
+    """A first run (which builds the LM) initialises and shuffles exactly like every later run."""
+    import torch
+
+    cfg = make_cfg("lm.build.vocab_size=280")  # a recipe no other test built: this call builds it
+    with open_dict(cfg):
+        cfg.paths.cache_dir = str(tmp_path)
+        cfg.lm.name_or_path = str(tmp_path / "lm" / "tiny-llama")
+    build.prepare_data(cfg.data)
+    torch.manual_seed(3)
+    build.lm_path(cfg)  # builds
+    after_build = torch.rand(4)
+    torch.manual_seed(3)
+    build.lm_path(cfg)  # finds it built
+    assert torch.equal(torch.rand(4), after_build)
+
+
 def test_name_or_path_outside_the_cache_is_loaded_as_given(make_cfg, tmp_path):
     own = build_causal_lm(tmp_path / "my-lm", ["a b c d"] * 20, vocab_size=100, hidden_size=16,
                           intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2)
