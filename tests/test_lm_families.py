@@ -134,6 +134,20 @@ def family_module(make_cfg, family_dirs, family: str, *overrides: str) -> R2GenM
     return R2GenModule(cfg, lm_path=path)
 
 
+def train_steps(m: R2GenModule, b: dict, steps: int, lr: float) -> list[float]:
+    """`steps` AdamW steps of everything trainable on one batch; the losses."""
+    opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=lr)
+    m.train()
+    losses = []
+    for _ in range(steps):
+        loss = m(b)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_family_trains_and_beam_generates(make_cfg, family_dirs, family):
     m = family_module(make_cfg, family_dirs, family)
@@ -157,15 +171,8 @@ def test_family_trains_and_beam_generates(make_cfg, family_dirs, family):
         assert lm_trainable and all("lora_" in n for n in lm_trainable)
         assert any(t in n for n in lm_trainable for t in lm_cfg.lora.target_modules)
 
-    opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=3e-3)
-    b, losses = batch(), []
-    m.train()
-    for _ in range(4):
-        loss = m(b)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    b = batch()
+    losses = train_steps(m, b, steps=4, lr=3e-3)
     assert all(torch.isfinite(torch.tensor(losses))), losses
     assert losses[-1] < losses[0], losses
 

@@ -11,6 +11,8 @@ from r2gen.checkpoint import load_weights, read_checkpoint
 from r2gen.models.module import R2GenModule
 from r2gen.models.tiny_lm import build_causal_lm
 
+from .test_lm_families import batch, train_steps
+
 TEXTS = ["the heart is enlarged .", "no pleural effusion .", "small left pneumothorax .", "the lungs are clear ."] * 10
 QLORA = ["lm.freeze=true", "lm.lora.r=4", "align=shallow"]
 
@@ -27,11 +29,6 @@ def quiet_int8():  # bitsandbytes logs a cast warning on every int8 matmul of no
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 
-def batch(b=2, v=2, size=32):
-    return {"ids": [str(i) for i in range(b)], "images": torch.randn(b, v, 3, size, size),
-            "view_mask": torch.ones(b, v, dtype=torch.bool), "reports": TEXTS[:b]}
-
-
 def lora_weights(m):
     return {n: p.detach().clone() for n, p in m.lm_model.named_parameters() if "lora_" in n}
 
@@ -44,14 +41,8 @@ def test_quantized_lm_with_lora_trains_and_generates(make_cfg, llama_dir, quant,
     assert trainable and all("lora_" in n for n in trainable)  # k-bit preparation froze the rest
 
     before = lora_weights(m)
-    opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-2)
-    b, losses = batch(), []
-    for _ in range(3):
-        loss = m(b)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    b = batch()
+    losses = train_steps(m, b, steps=3, lr=1e-2)
     assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] != losses[0], losses
     after = lora_weights(m)
     assert any(not torch.equal(before[n], after[n]) for n in before)  # the adapters learned
