@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 
 from r2gen import build
 from r2gen.data.datamodule import SPLITS
+from r2gen.errors import ConfigError
 from r2gen.models.module import R2GenModule
 
 log = logging.getLogger(__name__)
@@ -28,9 +29,9 @@ def build_cache(cfg: DictConfig) -> dict[str, str]:
     model = R2GenModule(cfg, lm_path=build.lm_path(cfg))
     dm = build.datamodule(cfg, model)
     if dm.features is None:
-        raise ValueError(f"data.feature_cache={cfg.data.get('feature_cache')}: this config caches no features "
-                         f"(align.encoder={model.encoder_mode}); the cache serves a frozen encoder on un-augmented "
-                         "images: add align=shallow (and data.feature_cache=auto or a folder)")
+        raise ConfigError(f"data.feature_cache={cfg.data.get('feature_cache')}: this config caches no features "
+                          f"(align.encoder={model.encoder_mode}); the cache serves a frozen encoder on un-augmented "
+                          "images: add align=shallow (and data.feature_cache=auto or a folder)")
     if torch.cuda.is_available():
         model.encoder.cuda()
     dm.setup()

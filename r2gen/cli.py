@@ -1,4 +1,8 @@
-"""What the entry scripts share: quiet third-party chatter, and turn a config or input mistake into one clear line."""
+"""What the entry scripts share: quiet third-party chatter, and the error boundary.
+
+A user's mistake (`r2gen.errors.UserError`, or a required config key left at `???`) is printed as one line and
+exits with code 2; anything else is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +12,13 @@ import sys
 from collections.abc import Callable
 
 from omegaconf import DictConfig
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import MissingMandatoryValue
+
+from r2gen.errors import UserError
 
 log = logging.getLogger("r2gen")
 # Errors whose message already names the key, the bad value and the fix: shown as one line, no traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, OSError, OmegaConfBaseException)
+USER_ERRORS = (UserError, MissingMandatoryValue)
 
 
 def quiet_libraries() -> None:
@@ -30,8 +36,25 @@ def run_cli(fn: Callable[[DictConfig], object], cfg: DictConfig) -> None:
     except USER_ERRORS as e:
         if os.environ.get("R2GEN_TRACEBACK"):
             raise
-        print(f"error: {e}\n(set R2GEN_TRACEBACK=1 for the full traceback)", file=sys.stderr)
-        sys.exit(2)
+        exit_with(e)
+
+
+def exit_with(e: BaseException) -> None:
+    """End the command on a user error: its message as one line on stderr, exit code 2."""
+    print(f"error: {one_line(e)}\n(set R2GEN_TRACEBACK=1 for the full traceback)", file=sys.stderr)
+    sys.exit(2)
+
+
+def one_line(e: BaseException) -> str:
+    """The message of a user error; OmegaConf's `???` error gets the fix added (it only names the key)."""
+    if isinstance(e, MissingMandatoryValue):
+        key = getattr(e, "full_key", None) or str(e).splitlines()[0]
+        return f"{key} is required and has no value: set it on the command line ({key}=...)"
+    text = str(e)
+    if "Original Traceback" in text:  # raised in a DataLoader worker: its message is the last line of the report
+        last = text.strip().splitlines()[-1]
+        return last.split(": ", 1)[1] if last.startswith(type(e).__module__) else last
+    return text
 
 
 def module_main(fn: Callable[[DictConfig], object], task_name: str) -> None:

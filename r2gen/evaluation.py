@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
+from r2gen.errors import ConfigError
+
 LABELERS = ("demo", "chexpert")
 REFERENCES = ("full", "truncated")
 
@@ -44,17 +46,17 @@ class Scoring:
 
     def __post_init__(self) -> None:
         if self.labeler not in (None, *LABELERS):
-            raise ValueError(f"data.labeler={self.labeler!r}: choose demo, chexpert or null")
+            raise ConfigError(f"data.labeler={self.labeler!r}: choose demo, chexpert or null")
         if self.references not in REFERENCES:
-            raise ValueError(f"eval.references={self.references!r}: choose full or truncated")
+            raise ConfigError(f"eval.references={self.references!r}: choose full or truncated")
         if self.references == "truncated" and not (isinstance(self.truncate_words, int) and self.truncate_words > 0):
-            raise ValueError(f"eval.references=truncated keeps data.max_report_tokens - 1 words; got "
-                             f"{self.truncate_words!r} words: set data.max_report_tokens to 2 or more")
+            raise ConfigError(f"eval.references=truncated keeps data.max_report_tokens - 1 words; got "
+                              f"{self.truncate_words!r} words: set data.max_report_tokens to 2 or more")
         if self.ce_uncertain not in ("negative", "positive"):
-            raise ValueError(f"eval.ce_uncertain={self.ce_uncertain!r}: choose negative or positive")
+            raise ConfigError(f"eval.ce_uncertain={self.ce_uncertain!r}: choose negative or positive")
         if self.chexbert and self.labeler != "chexpert":
-            raise ValueError(f"eval.chexbert is set but data.labeler={self.labeler!r}: CheXbert labels CheXpert "
-                             "observations; set data.labeler=chexpert, or eval.chexbert=null")
+            raise ConfigError(f"eval.chexbert is set but data.labeler={self.labeler!r}: CheXbert labels CheXpert "
+                              "observations; set data.labeler=chexpert, or eval.chexbert=null")
 
     @classmethod
     def from_config(cls, cfg) -> Scoring:
@@ -137,6 +139,6 @@ def score_records(records: Sequence[dict[str, str]], scoring: Scoring | None = N
     if scoring.weights:
         unknown = [k for k in scoring.weights if k not in scores]
         if unknown:
-            raise ValueError(f"monitor.weights names {unknown}, not among the scores {sorted(scores)}")
+            raise ConfigError(f"monitor.weights names {unknown}, not among the scores {sorted(scores)}")
         scores["score"] = float(sum(w * scores[k] for k, w in scoring.weights.items()))
     return scores

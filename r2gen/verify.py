@@ -19,7 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from r2gen import build
-from r2gen.cli import USER_ERRORS
+from r2gen.errors import UserError
 from r2gen.models.lm import generation_config, load_lm, quantization_config
 from r2gen.models.prompt import Prompt, assemble
 from r2gen.models.trainable import apply_lm_training
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 REPORTS = ["the heart is normal in size . the lungs are clear .", "no acute cardiopulmonary abnormality ."]
 
 
-class VerifyError(ValueError):
+class VerifyError(UserError, ValueError):
     """A failed check, reported like a config error: one line, non-zero exit."""
 
 
@@ -40,7 +40,7 @@ def stage(name: str):
         raise
     except Exception as e:  # verify exists to turn any failure, remote code's included, into one readable line
         lines = str(e).strip().splitlines() or [""]
-        msg = lines[0] if isinstance(e, USER_ERRORS) else f"{type(e).__name__}: {lines[0]}"
+        msg = lines[0] if isinstance(e, UserError) else f"{type(e).__name__}: {lines[0]}"
         raise VerifyError(f"verify failed while {name}: {msg}") from e
 
 

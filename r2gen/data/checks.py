@@ -15,6 +15,7 @@ from pathlib import Path
 
 from r2gen.data.annotations import SPLITS, Studies
 from r2gen.data.images import image_problem
+from r2gen.errors import ConfigError, InputError, MissingFileError
 
 log = logging.getLogger(__name__)
 POLICIES = ("error", "skip")
@@ -26,7 +27,7 @@ def check_studies(ann: Studies, image_dir: Path, clean: Callable[[str], str], on
     """`ann` without its unusable studies; raises under `on_bad_sample=error` if any image is bad.
     `source` names where the studies came from, for messages."""
     if on_bad_sample not in POLICIES:
-        raise ValueError(f"data.on_bad_sample={on_bad_sample!r}: choose error or skip")
+        raise ConfigError(f"data.on_bad_sample={on_bad_sample!r}: choose error or skip")
     t0 = time.perf_counter()
     bad = []  # (split, id, path, reason)
     for s in SPLITS:
@@ -45,7 +46,7 @@ def check_studies(ann: Studies, image_dir: Path, clean: Callable[[str], str], on
         summary = (f"{len(bad)} image(s) not found or unreadable, in {len(studies)} studies, under "
                    f"data.image_dir={image_dir}: {listed}{more}")
         if on_bad_sample == "error":
-            err = FileNotFoundError if all(r == "no such file" for *_, r in bad) else ValueError
+            err = MissingFileError if all(r == "no such file" for *_, r in bad) else InputError
             raise err(f"{summary}. Fix or remove them, or set data.on_bad_sample=skip to train without those studies")
         log.warning("data.on_bad_sample=skip: dropping %s", summary)
         ann = {s: [e for e in ann[s] if (s, e["id"]) not in studies] for s in SPLITS}
@@ -57,6 +58,6 @@ def check_studies(ann: Studies, image_dir: Path, clean: Callable[[str], str], on
             log.warning("%s: dropped %d studies whose report is empty once cleaned", s, len(ann[s]) - len(out[s]))
     empty = [s for s in SPLITS if not out[s]]
     if empty:
-        raise ValueError(f"data split(s) {', '.join(empty)} have no usable studies in {source} (after dropping bad "
+        raise InputError(f"data split(s) {', '.join(empty)} have no usable studies in {source} (after dropping bad "
                          f"images and empty reports); each of train, val and test needs at least one")
     return out

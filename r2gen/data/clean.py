@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
+from r2gen.errors import ConfigError
+
 _SENT_RE = re.compile("[.,?;*!%^&_+():-\\[\\]{}]")
 
 
@@ -65,4 +67,4 @@ def get_cleaner(name: str) -> Callable[[str], str]:
     try:
         return CLEANERS[name]
     except KeyError:
-        raise ValueError(f"data.clean={name!r}: choose one of {', '.join(CLEANERS)}") from None
+        raise ConfigError(f"data.clean={name!r}: choose one of {', '.join(CLEANERS)}") from None

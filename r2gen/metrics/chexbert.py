@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from r2gen.errors import InputError, MissingFileError
 from r2gen.metrics.chexpert import NEGATIVE, POSITIVE, UNCERTAIN
 
 CONDITIONS = ("Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema", "Consolidation",
@@ -68,16 +69,16 @@ class CheXbert:
 
         path = Path(str(checkpoint)).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f"eval.chexbert={checkpoint}: no such file (CheXbert's chexbert.pth; "
-                                    "set eval.chexbert=null for the built-in rule-based labeler)")
+            raise MissingFileError(f"eval.chexbert={checkpoint}: no such file (CheXbert's chexbert.pth; "
+                                   "set eval.chexbert=null for the built-in rule-based labeler)")
         tok_dir = Path(str(tokenizer_dir)).expanduser() if tokenizer_dir else None
         if tok_dir is None or not any((tok_dir / f).is_file() for f in ("vocab.txt", "tokenizer.json")):
-            raise FileNotFoundError(f"eval.chexbert_tokenizer={tokenizer_dir}: no vocab.txt or tokenizer.json there; "
-                                    "give the folder of a local bert-base-uncased tokenizer (CheXbert's)")
+            raise MissingFileError(f"eval.chexbert_tokenizer={tokenizer_dir}: no vocab.txt or tokenizer.json there; "
+                                   "give the folder of a local bert-base-uncased tokenizer (CheXbert's)")
         ck = torch.load(path, map_location="cpu", weights_only=False)
         state = ck.get("model_state_dict", ck) if isinstance(ck, dict) else None
         if not isinstance(state, dict) or not any(k.endswith("linear_heads.13.weight") for k in state):
-            raise ValueError(f"eval.chexbert={checkpoint}: not a CheXbert checkpoint (no model_state_dict with "
+            raise InputError(f"eval.chexbert={checkpoint}: not a CheXbert checkpoint (no model_state_dict with "
                              "14 linear_heads)")
         state = {k.removeprefix("module."): v for k, v in state.items()}  # saved from nn.DataParallel
         state.pop("bert.embeddings.position_ids", None)  # a buffer older transformers saved

@@ -10,6 +10,8 @@ from collections.abc import Callable
 
 import torch
 
+from r2gen.errors import ConfigError
+
 IMAGE = "<image>"  # where the image tokens go in `lm.prompt.text`
 IGNORE = -100
 
@@ -19,22 +21,22 @@ class Prompt:
 
     def __init__(self, tokenizer, text: str, template: str = "plain", add_bos: str | bool = "auto"):
         if text.count(IMAGE) != 1:
-            raise ValueError(f"lm.prompt.text={text!r}: must contain {IMAGE} exactly once (where the image goes)")
+            raise ConfigError(f"lm.prompt.text={text!r}: must contain {IMAGE} exactly once (where the image goes)")
         if template == "chat":
             if not getattr(tokenizer, "chat_template", None):
-                raise ValueError("lm.prompt.template=chat but the tokenizer has no chat template: use plain")
+                raise ConfigError("lm.prompt.template=chat but the tokenizer has no chat template: use plain")
             text = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
                                                  add_generation_prompt=True)
         elif template != "plain":
-            raise ValueError(f"lm.prompt.template={template!r}: choose plain or chat")
+            raise ConfigError(f"lm.prompt.template={template!r}: choose plain or chat")
         before, after = text.split(IMAGE)
         bos = tokenizer.bos_token
         if add_bos == "auto":  # prepend BOS if the tokenizer has one and the template did not already write it
             add_bos = bos is not None and not before.startswith(bos)
         elif not isinstance(add_bos, bool):
-            raise ValueError(f"lm.add_bos={add_bos!r}: choose auto, true or false")
+            raise ConfigError(f"lm.add_bos={add_bos!r}: choose auto, true or false")
         if add_bos and tokenizer.bos_token_id is None:
-            raise ValueError("lm.add_bos=true but the tokenizer has no BOS token: use auto or false")
+            raise ConfigError("lm.add_bos=true but the tokenizer has no BOS token: use auto or false")
         enc = lambda s: tokenizer(s, add_special_tokens=False).input_ids if s else []  # noqa: E731
         self.prefix = ([tokenizer.bos_token_id] if add_bos else []) + enc(before)
         self.suffix = enc(after)

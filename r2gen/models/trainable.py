@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from r2gen.errors import ConfigError
+
 ENCODER_MODES = ("frozen", "lora", "full")
 # Non-reentrant checkpointing works when the inputs (our inputs_embeds) need no grad and with frozen layers.
 GC_KWARGS = {"use_reentrant": False}
@@ -15,7 +17,7 @@ def _lora_config(lora, where: str, **extra):
 
     targets = lora.target_modules
     if not targets:
-        raise ValueError(f"{where}.target_modules is empty: name the modules LoRA adapts (a list or a regex)")
+        raise ConfigError(f"{where}.target_modules is empty: name the modules LoRA adapts (a list or a regex)")
     targets = targets if isinstance(targets, str) else list(targets)
     return LoraConfig(r=int(lora.r), lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets, **extra)
 
@@ -24,7 +26,7 @@ def apply_align(encoder: nn.Module, align) -> str:
     """Freeze the encoder, add LoRA to it, or leave it fully trainable. Returns the mode."""
     mode = align.encoder
     if mode not in ENCODER_MODES:
-        raise ValueError(f"align.encoder={mode!r}: choose {', '.join(ENCODER_MODES)} (or pick align=shallow|delta|deep)")
+        raise ConfigError(f"align.encoder={mode!r}: choose {', '.join(ENCODER_MODES)} (or pick align=shallow|delta|deep)")
     if mode == "full":
         encoder.requires_grad_(True)
         return mode
@@ -54,15 +56,15 @@ def apply_lm_training(lm: nn.Module, lm_cfg, quantized: bool = False) -> nn.Modu
     """
     lora = lm_cfg.get("lora")
     use_lora = bool(lora) and int(lora.r) > 0
-    checkpointing = lm_cfg.get("gradient_checkpointing", False)
+    checkpointing = lm_cfg.gradient_checkpointing
     if not isinstance(checkpointing, bool):
-        raise ValueError(f"lm.gradient_checkpointing={checkpointing!r}: choose true or false")
+        raise ConfigError(f"lm.gradient_checkpointing={checkpointing!r}: choose true or false")
     if checkpointing and not getattr(lm, "supports_gradient_checkpointing", False):
-        raise ValueError(f"lm.gradient_checkpointing=true but {type(lm).__name__} does not support it: set it to false")
+        raise ConfigError(f"lm.gradient_checkpointing=true but {type(lm).__name__} does not support it: set it to false")
     if not lm_cfg.freeze:
         if use_lora:
-            raise ValueError("lm.freeze=false trains the whole LM, and lm.lora.r>0 adds LoRA to a frozen one: "
-                             "set lm.lora.r=0 or lm.freeze=true")
+            raise ConfigError("lm.freeze=false trains the whole LM, and lm.lora.r>0 adds LoRA to a frozen one: "
+                              "set lm.lora.r=0 or lm.freeze=true")
         lm.requires_grad_(True)
         if checkpointing:
             _enable_checkpointing(lm)
