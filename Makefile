@@ -18,7 +18,9 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed  ## create .venv and install r2gen with its test tools
 
 demo: install  ## train on the built-in synthetic demo (CPU, ~4 min), then evaluate its best checkpoint
-	$(PY) train.py hydra.run.dir=$(RUN) test_after_fit=false
+	@if [ -e $(RUN)/checkpoints/best.ckpt ]; then \
+		echo "$(RUN) is already trained: evaluating it again (make clean, or RUN=<new folder>, trains anew)"; \
+	else $(PY) train.py hydra.run.dir=$(RUN) test_after_fit=false; fi
 	$(PY) evaluate.py ckpt=$(RUN)/checkpoints/best.ckpt hydra.run.dir=$(RUN)/evaluate
 
 test: install  ## run the whole test suite (what CI runs)

@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 from r2gen.data.annotations import read_studies
 from r2gen.data.clean import get_cleaner
 from r2gen.data.datamodule import ReportDataModule
+from r2gen.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ def datamodule(cfg: DictConfig, model) -> ReportDataModule:
     if augment == "auto":  # jitter helps an encoder that learns; a frozen one would only see noise
         augment = model.encoder_mode != "frozen"
     elif not isinstance(augment, bool):
-        raise ValueError(f"data.augment={augment!r}: choose auto, true or false")
+        raise ConfigError(f"data.augment={augment!r}: choose auto, true or false")
     dm = ReportDataModule(cfg.data, size, dc["mean"], dc["std"], augment)
     cache_dir = feature_cache_dir(cfg, model.encoder_mode, augment)
     if cache_dir is not None:
@@ -72,18 +73,18 @@ def datamodule(cfg: DictConfig, model) -> ReportDataModule:
 
 def feature_cache_dir(cfg: DictConfig, encoder_mode: str, augment: bool) -> Path | None:
     """Where a frozen encoder's features are cached (`data.feature_cache`), or None when they are not."""
-    setting = cfg.data.get("feature_cache", "off")  # .get: checkpoints written before the key existed lack it
+    setting = cfg.data.feature_cache
     if setting in ("off", None, False):
         return None
     usable = encoder_mode == "frozen" and not augment
     if setting == "auto":
         return Path(cfg.paths.cache_dir) / "features" if usable else None
     if not isinstance(setting, str) or setting in ("on", "true", "True"):  # true/on: which folder?
-        raise ValueError(f"data.feature_cache={setting!r}: choose auto, off or a folder")
+        raise ConfigError(f"data.feature_cache={setting!r}: choose auto, off or a folder")
     if not usable:
-        raise ValueError(f"data.feature_cache={setting}: features can only be cached for a frozen encoder (align=shallow) "
-                         f"fed un-augmented images (data.augment=false); this run has align.encoder={encoder_mode}, "
-                         f"augment={augment}: set data.feature_cache=off or auto")
+        raise ConfigError(f"data.feature_cache={setting}: features can only be cached for a frozen encoder (align=shallow) "
+                          f"fed un-augmented images (data.augment=false); this run has align.encoder={encoder_mode}, "
+                          f"augment={augment}: set data.feature_cache=off or auto")
     return Path(setting)
 
 
@@ -95,12 +96,30 @@ def trainer(cfg: DictConfig, with_callbacks: bool = True) -> pl.Trainer:
     if isinstance(strategy, DictConfig):  # a strategy with options (trainer=fsdp): `_target_` + its arguments
         args["strategy"] = instantiate(strategy)
     elif isinstance(strategy, str) and strategy.startswith("deepspeed") and importlib.util.find_spec("deepspeed") is None:
-        raise ValueError(f"trainer.strategy={strategy} needs DeepSpeed, which is not installed: "
-                         'pip install -e ".[deepspeed]" (GPU machines), or choose trainer=ddp or trainer=fsdp')
-    return pl.Trainer(**args, callbacks=callbacks, logger=loggers, default_root_dir=cfg.paths.output_dir)
+        raise ConfigError(f"trainer.strategy={strategy} needs DeepSpeed, which is not installed: "
+                          'pip install -e ".[deepspeed]" (GPU machines), or choose trainer=ddp or trainer=fsdp')
+    plugins = list(args.pop("plugins", None) or []) + checkpoint_io_plugins(args.get("strategy"))
+    return pl.Trainer(**args, callbacks=callbacks, logger=loggers, default_root_dir=cfg.paths.output_dir,
+                      plugins=plugins or None)
+
+
+def checkpoint_io_plugins(strategy) -> list:
+    """r2gen's atomic, weights-only CheckpointIO (r2gen.checkpoint_io), for every strategy that writes checkpoints
+    through a CheckpointIO: one device, DDP, FSDP with full state dicts. DeepSpeed writes its own checkpoint folders,
+    and a strategy built with its own checkpoint_io keeps it."""
+    from r2gen.checkpoint_io import AtomicCheckpointIO
+
+    if isinstance(strategy, str) and strategy.startswith("deepspeed"):
+        return []
+    if strategy is not None and not isinstance(strategy, str):
+        if "deepspeed" in type(strategy).__name__.lower() or getattr(strategy, "_checkpoint_io", None) is not None:
+            return []
+    return [AtomicCheckpointIO()]
 
 
 def output_dir(cfg: DictConfig) -> Path:
-    out = Path(cfg.paths.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+    """This run's folder (`paths.output_dir`), created and marked as an r2gen run; a folder that holds someone
+    else's files is refused (r2gen.run_folder)."""
+    from r2gen.run_folder import claim_run_folder
+
+    return claim_run_folder(cfg.paths.output_dir)

@@ -1,31 +1,139 @@
-"""Read an r2gen checkpoint and rebuild its model: the resolved config inside rebuilds every frozen part,
-the stored weights fill in what trained."""
+"""The checkpoint contract: what an r2gen checkpoint holds, how an older one is read, and how a run is rebuilt
+from one with the user's overrides. Everything that rebuilds a model from a checkpoint (`evaluate.py`, ...) goes
+through here, so the format version, the migrations and the override rules live in one place.
+
+A checkpoint (format 2) holds, besides Lightning's own state:
+  * `state_dict`: only what the config cannot rebuild (`R2GenModule.persistent_keys`);
+  * `r2gen.config`: the run's config as composed, interpolations kept (`annotation: ${.root}/annotation.json`),
+    so that `data.root=/moved` moves the annotation and image folder with it;
+  * `hyper_parameters.cfg`: the same config resolved, as the run saw it.
+
+Overrides mean what they mean to `train.py`: a group (`data=iu_xray`, `generate=greedy`, `lm=...`) replaces that
+group as a whole; a dotted key (`data.root=...`) changes one value; `~key` deletes one. How to score (`eval.*`),
+the trainer and the folders come from the evaluate command, never from the checkpoint.
+
+Checkpoints are untrusted input: they are read with `torch.load(weights_only=True)`, which refuses any pickle that
+would run code.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from r2gen.models.module import CKPT_FORMAT, R2GenModule
+from r2gen.errors import ConfigError, InputError, MissingFileError
+
+if TYPE_CHECKING:
+    from r2gen.models.module import R2GenModule
+
+FORMAT = 2
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+# Keys an evaluation sets itself: how to score, where to write, on what hardware; never read from a checkpoint.
+EVAL_ONLY = {"ckpt", "predictions", "split", "shuffle_images", "task_name", "trainer", "paths", "hydra", "logger",
+             "callbacks", "experiment", "seed", "ckpt_path", "test_after_fit", "eval"}
+# Format 1 checkpoints predate these keys; each value is the behaviour such a run had (not today's default).
+FORMAT_1_ADDED = {
+    "data.format": "auto", "data.image_columns": ["image_path"], "data.on_bad_sample": "error",
+    "data.feature_cache": "off", "data.group_by_length": False, "data.labeler": None,
+    "encoder.kwargs": {}, "encoder.gradient_checkpointing": False, "quant": {},
+    "lm.gradient_checkpointing": False, "lm.device_map": None, "lm.unsupported": None,
+}
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
+def payload(module: R2GenModule, keys: set[str]) -> dict[str, Any]:
+    """The `r2gen` block a checkpoint gets (see the module docstring)."""
+    return {"format": FORMAT, "keys": sorted(keys), "config": OmegaConf.to_container(module.cfg, resolve=False)}
+
+
+def read_checkpoint(path: str | Path | None) -> dict[str, Any]:
+    """The checkpoint at `path`, checked and migrated to the current format; any problem is one clear error."""
     if path in (None, "", "???"):
-        raise ValueError("ckpt is not set: pass ckpt=<run>/checkpoints/best.ckpt")
+        raise ConfigError("ckpt is not set: pass ckpt=<run>/checkpoints/best.ckpt")
     p = Path(str(path)).expanduser()
     if not p.is_file():
-        raise FileNotFoundError(f"ckpt={path}: no such file (train.py writes <run>/checkpoints/best.ckpt and last.ckpt)")
+        raise MissingFileError(f"ckpt={path}: no such file (train.py writes <run>/checkpoints/best.ckpt and last.ckpt)")
+    if p.stat().st_size == 0:
+        raise InputError(f"ckpt={path}: the file is empty (an interrupted copy?); use another checkpoint, e.g. "
+                         f"<run>/checkpoints/last.ckpt")
     try:
-        ck = torch.load(p, map_location="cpu", weights_only=False)
-    except Exception as e:  # a truncated file, a text file, a foreign pickle
-        raise ValueError(f"ckpt={path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from None
-    if not isinstance(ck, dict) or "r2gen" not in ck or "cfg" not in ck.get("hyper_parameters", {}):
-        raise ValueError(f"ckpt={path}: not an r2gen checkpoint (no r2gen config inside); pass a .ckpt written by train.py")
-    if ck["r2gen"].get("format", 0) > CKPT_FORMAT:
-        raise ValueError(f"ckpt={path}: written by a newer r2gen (format {ck['r2gen']['format']}); upgrade r2gen")
+        ck = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - whatever the unpickler or zip reader says, the file is unusable
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        if "weights only" in str(e).lower() or "weights_only" in str(e):
+            raise InputError(f"ckpt={path}: refused: it holds Python objects that would run code when loaded "
+                             f"({first[:160]}); r2gen checkpoints hold only tensors and plain data, so this one "
+                             f"was not written by r2gen or was tampered with") from None
+        raise InputError(f"ckpt={path}: not a readable PyTorch checkpoint (truncated, or another kind of file: "
+                         f"{type(e).__name__}: {first[:160]}); use a complete .ckpt written by train.py") from None
+    if not isinstance(ck, dict) or not isinstance(ck.get("r2gen"), dict) or \
+            "cfg" not in (ck.get("hyper_parameters") or {}):
+        raise InputError(f"ckpt={path}: not an r2gen checkpoint (no r2gen config inside); pass a .ckpt written by "
+                         f"train.py")
+    fmt = ck["r2gen"].get("format", 1)
+    if not isinstance(fmt, int) or fmt > FORMAT:
+        raise InputError(f"ckpt={path}: written by a newer r2gen (checkpoint format {fmt}, this r2gen reads up to "
+                         f"{FORMAT}); upgrade r2gen")
+    if fmt < 2:
+        ck["r2gen"] = {**ck["r2gen"], "format": 2, "config": _from_format_1(ck["hyper_parameters"]["cfg"])}
     return ck
+
+
+def _from_format_1(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A format 1 checkpoint kept only the resolved config: add the keys it predates, and tie the annotation and
+    image folder back to `data.root` where they were derived from it, so `data.root=...` moves them again."""
+    run = OmegaConf.create(cfg)
+    for key, value in FORMAT_1_ADDED.items():
+        if OmegaConf.select(run, key, default="<absent>") == "<absent>":
+            OmegaConf.update(run, key, value, force_add=True)
+    data = run.get("data") or {}
+    root = data.get("root")
+    if root is not None:
+        for key, tail in (("annotation", "annotation.json"), ("image_dir", "images")):
+            if data.get(key) == f"{root}/{tail}":
+                data[key] = f"${{.root}}/{tail}"
+    return OmegaConf.to_container(run, resolve=False)
+
+
+def is_group(key: str) -> bool:
+    """Is `key` a config group (`data`, `lm`, `generate`, ...) rather than a key?"""
+    return "." not in key and (CONF_DIR / key).is_dir()
+
+
+def run_config(cfg: DictConfig, ck: dict[str, Any], overrides: list[str], ckpt: str | Path = "") -> DictConfig:
+    """The run to rebuild: the checkpoint's config with `overrides` (the command line's `key=value`s, their values
+    taken from the composed `cfg`) applied as train.py would apply them, then resolved."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    run = OmegaConf.create(ck["r2gen"]["config"])
+    for o in OverridesParser.create().parse_overrides(overrides):
+        key = o.key_or_group
+        if key.split(".")[0] in EVAL_ONLY or o.is_sweep_override():
+            continue
+        if o.is_delete():
+            parent, _, leaf = key.rpartition(".")
+            node = OmegaConf.select(run, parent) if parent else run
+            if isinstance(node, DictConfig) and leaf in node:
+                del node[leaf]
+            continue
+        value = OmegaConf.select(cfg, key, throw_on_missing=False)
+        value = OmegaConf.to_container(value, resolve=False) if isinstance(value, DictConfig) else value
+        if is_group(key):
+            run[key] = value  # replaced as a whole: nothing of the checkpoint's group survives
+        else:
+            OmegaConf.update(run, key, value, merge=False, force_add=True)
+    run.paths = OmegaConf.to_container(cfg.paths, resolve=True)
+    run.trainer = cfg.trainer
+    run.eval = cfg.eval
+    try:
+        return OmegaConf.create(OmegaConf.to_container(run, resolve=True))
+    except OmegaConfBaseException as e:
+        raise InputError(f"ckpt={ckpt}: its config does not resolve with this r2gen and these overrides "
+                         f"({str(e).splitlines()[0]}); set the key it names on the command line "
+                         f"(key=value), or evaluate with the r2gen version that wrote it") from None
 
 
 def load_weights(model: R2GenModule, ck: dict[str, Any]) -> None:
@@ -33,5 +141,5 @@ def load_weights(model: R2GenModule, ck: dict[str, Any]) -> None:
     model.on_load_checkpoint(ck)
     result = model.load_state_dict(ck["state_dict"], strict=False)
     if result.unexpected_keys:
-        raise RuntimeError(f"checkpoint has {len(result.unexpected_keys)} weights this model lacks "
-                           f"(e.g. {result.unexpected_keys[:3]}): was it trained with another encoder or lm?")
+        raise InputError(f"checkpoint has {len(result.unexpected_keys)} weights this model lacks "
+                         f"(e.g. {result.unexpected_keys[:3]}): was it trained with another encoder or lm?")

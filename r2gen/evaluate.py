@@ -1,8 +1,9 @@
 """`evaluate(cfg)`: rebuild a model from a checkpoint, generate for a split, score it, write the results.
 
-The checkpoint's own config rebuilds the model; only the keys the user overrode on the command line
-(`generate.num_beams=1`, `data.root=...`, `generate=greedy`) replace its values. Trainer and paths come from
-the evaluate config (run folder `outputs/evaluate/<date>/<time>`).
+The checkpoint's own config rebuilds the model; only what the user overrode on the command line changes it, with
+train.py's meaning (`r2gen.checkpoint.run_config`): `data=iu_xray` or `generate=greedy` replaces that group whole,
+`data.root=...` or `generate.num_beams=1` one value. Trainer and paths come from the evaluate config (run folder
+`outputs/evaluate/<date>/<time>`).
 """
 
 from __future__ import annotations
@@ -16,16 +17,15 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
 from r2gen import build
-from r2gen.checkpoint import load_weights, read_checkpoint
+from r2gen.checkpoint import load_weights, read_checkpoint, run_config
 from r2gen.data.annotations import jsonl_objects
 from r2gen.data.clean import get_cleaner
+from r2gen.errors import ConfigError, InputError, MissingFileError
 from r2gen.evaluation import Scoring, score_records
 from r2gen.models.module import R2GenModule
 from r2gen.results import with_image_paths, write_results
 
 log = logging.getLogger(__name__)
-EVAL_ONLY = {"ckpt", "predictions", "split", "shuffle_images", "task_name", "trainer", "paths", "hydra", "logger", "callbacks",
-             "experiment", "seed", "ckpt_path", "test_after_fit", "eval"}
 
 
 def cli_overrides() -> list[str]:
@@ -33,24 +33,6 @@ def cli_overrides() -> list[str]:
     from hydra.core.hydra_config import HydraConfig
 
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-
-
-def run_config(cfg: DictConfig, ckpt_cfg: dict, overrides: list[str]) -> DictConfig:
-    """The checkpoint's config with the user's explicit overrides (values taken from the composed `cfg`)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    run = OmegaConf.create(ckpt_cfg)
-    for o in OverridesParser.create().parse_overrides(overrides):
-        key = o.key_or_group
-        if key.split(".")[0] in EVAL_ONLY:
-            continue
-        value = OmegaConf.select(cfg, key, throw_on_missing=True)
-        OmegaConf.update(run, key, OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig)
-                         else value, force_add=True)
-    run.trainer = cfg.trainer
-    run.eval = cfg.eval  # how to score is the evaluation's choice (and older checkpoints have no eval block)
-    run.paths.output_dir = cfg.paths.output_dir
-    return run
 
 
 def shuffle_images(dataset, seed: int) -> None:
@@ -67,18 +49,18 @@ def read_predictions(path: str | Path) -> list[dict[str, str]]:
     """`{"id", "prediction", "reference"}` per line; a bad line is reported with its number."""
     p = Path(str(path)).expanduser()
     if not p.is_file():
-        raise FileNotFoundError(f"predictions={path}: no such file (expected JSONL: one {{id, prediction, reference}} per line)")
+        raise MissingFileError(f"predictions={path}: no such file (expected JSONL: one {{id, prediction, reference}} per line)")
     records, seen = [], set()
     for n, r in jsonl_objects(p, f"predictions={path}"):
         missing = [k for k in ("id", "prediction", "reference") if k not in r]
         if missing:
-            raise ValueError(f"predictions={path} line {n}: missing {missing}; each line needs id, prediction, reference")
+            raise InputError(f"predictions={path} line {n}: missing {missing}; each line needs id, prediction, reference")
         if str(r["id"]) in seen:
-            raise ValueError(f"predictions={path} line {n}: id {r['id']!r} appears twice")
+            raise InputError(f"predictions={path} line {n}: id {r['id']!r} appears twice")
         seen.add(str(r["id"]))
         records.append({"id": str(r["id"]), "prediction": str(r["prediction"]), "reference": str(r["reference"])})
     if not records:
-        raise ValueError(f"predictions={path}: the file has no predictions")
+        raise InputError(f"predictions={path}: the file has no predictions")
     return records
 
 
@@ -103,8 +85,8 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, A
         return score_predictions(cfg)
     ck = read_checkpoint(None if OmegaConf.is_missing(cfg, "ckpt") else cfg.ckpt)
     if cfg.split not in ("val", "test"):
-        raise ValueError(f"split={cfg.split!r}: choose val or test")
-    run = run_config(cfg, ck["hyper_parameters"]["cfg"], cli_overrides() if overrides is None else overrides)
+        raise ConfigError(f"split={cfg.split!r}: choose val or test")
+    run = run_config(cfg, ck, cli_overrides() if overrides is None else overrides, cfg.ckpt)
     pl.seed_everything(cfg.seed, workers=True)
     out = build.output_dir(run)
 

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
-from r2gen import build
+from r2gen import build, resume
 from r2gen.checkpoint import read_checkpoint
 from r2gen.models.module import R2GenModule
 from r2gen.results import with_image_paths, write_results
+from r2gen.run_folder import keep_earlier_checkpoints
 
 log = logging.getLogger(__name__)
 
@@ -19,16 +21,25 @@ log = logging.getLogger(__name__)
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Returns the final metrics (train/val/test) as floats."""
     pl.seed_everything(cfg.seed, workers=True)
-    if cfg.get("ckpt_path"):
-        read_checkpoint(cfg.ckpt_path)  # fail now, with a clear message, not after the model is built
+    # fail now, with a clear message, not after the model is built
+    resume_step = int(read_checkpoint(cfg.ckpt_path).get("global_step", 0)) if cfg.get("ckpt_path") else None
     out = build.output_dir(cfg)
+    keep_earlier_checkpoints(out, cfg.get("ckpt_path"))
     OmegaConf.save(cfg, out / "config.yaml", resolve=True)
 
     build.prepare_data(cfg.data)
     model = R2GenModule(cfg, lm_path=build.lm_path(cfg))
     dm = build.datamodule(cfg, model)
     trainer = build.trainer(cfg)
-    trainer.fit(model, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
+    if resume_step is not None:  # logs continue from the checkpoint instead of restarting or repeating
+        resume.continue_logs(trainer, resume_step, cfg.ckpt_path, out)
+    try:  # weights_only: a resumed checkpoint is read as data, never as code (also r2gen.checkpoint_io)
+        trainer.fit(model, datamodule=dm, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+    except SystemExit:  # Lightning ends a Ctrl-C with sys.exit(1): a user's stop, not a crash, is 130 in a shell
+        state = resume.find(trainer)
+        if state is not None and state.stopped:
+            sys.exit(resume.EXIT_INTERRUPTED)
+        raise
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
 
     if cfg.get("test_after_fit"):

@@ -75,3 +75,26 @@ def run_cli(script: str, *args: str, cache_dir: Path) -> subprocess.CompletedPro
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def snapshot(root: Path) -> dict[str, tuple]:
+    """Every file and folder under `root` with its bytes' hash and mode: equal snapshots mean the tree is
+    byte-identical (nothing written, moved, added or deleted)."""
+    import hashlib
+
+    out: dict[str, tuple] = {}
+    for p in sorted(Path(root).rglob("*")):
+        st = p.lstat()
+        digest = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+        out[str(p.relative_to(root))] = (digest, st.st_mode)
+    return out
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory, cache_dir) -> Path:
+    """One tiny demo training run (1 epoch) shared by tests that only read its checkpoints."""
+    from r2gen.train import train
+
+    out = tmp_path_factory.mktemp("demo_run")
+    train(compose_cfg("config", SMALL + ["test_after_fit=false"], out, cache_dir))
+    return out

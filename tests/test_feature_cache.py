@@ -65,7 +65,7 @@ def test_cached_and_uncached_training_compute_the_same_loss(make_cfg):
         model.generate(None, with_features["view_mask"], with_features["features"])
 
 
-def test_training_reads_features_and_a_second_run_reuses_them(make_cfg, count_encoder):
+def test_training_reads_features_and_a_second_run_reuses_them(make_cfg, count_encoder, tmp_path):
     cfg = make_cfg("align=shallow", "test_after_fit=false", "seed=7")
     build.prepare_data(cfg.data)
     build.lm_path(cfg)  # built beforehand: building it draws random numbers, and the encoder's init must not differ
@@ -79,7 +79,9 @@ def test_training_reads_features_and_a_second_run_reuses_them(make_cfg, count_en
     assert n_images == expected
     assert len(set(folder.glob("*.npy")) - before) == 2  # train and val
     count_encoder["images"] = 0
-    second = train(make_cfg("align=shallow", "test_after_fit=false", "seed=7"))  # same seed: same random encoder
+    second_cfg = make_cfg("align=shallow", "test_after_fit=false", "seed=7")  # same seed: same random encoder
+    second_cfg.paths.output_dir = str(tmp_path / "second")  # a new run folder: the first run's checkpoints stay
+    second = train(second_cfg)
     assert count_encoder["images"] == 0
     assert second["train/loss"] == pytest.approx(first["train/loss"], rel=1e-5)
 

@@ -48,7 +48,7 @@ def test_run_folder_holds_what_a_user_expects(trained):
 def test_checkpoint_holds_trainable_weights_and_config(trained):
     _, out, _ = trained
     ck = torch.load(out / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
-    assert ck["r2gen"]["format"] == 1
+    assert ck["r2gen"]["format"] == 2 and ck["r2gen"]["config"]["data"]["root"]  # r2gen.checkpoint.FORMAT
     assert set(ck["state_dict"]) == set(ck["r2gen"]["keys"])
     assert ck["hyper_parameters"]["cfg"]["lm"]["name_or_path"]  # enough config to rebuild the rest
 
@@ -112,7 +112,7 @@ def test_evaluate_bad_checkpoint_is_one_clear_line(tmp_path, cache_dir, args, me
 def test_evaluate_rejects_a_foreign_checkpoint(tmp_path, cache_dir):
     foreign = tmp_path / "other.ckpt"
     torch.save({"state_dict": {"w": torch.zeros(1)}}, foreign)
-    r = run_cli("evaluate.py", f"ckpt={foreign}", f"hydra.run.dir={tmp_path}", cache_dir=cache_dir)
+    r = run_cli("evaluate.py", f"ckpt={foreign}", f"hydra.run.dir={tmp_path / 'ev'}", cache_dir=cache_dir)
     assert r.returncode == 2 and "not an r2gen checkpoint" in r.stderr and "Traceback" not in r.stderr
 
 

@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,8 @@ import numpy as np
 import timm
 import torch
 from torch.utils.data import DataLoader, Dataset
+
+from r2gen.errors import StorageError, UnsafeWriteError
 
 log = logging.getLogger(__name__)
 FORMAT = 1
@@ -70,6 +73,30 @@ def _locked(path: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+MARKER = ".r2gen-feature-cache"
+_OWN_FILE = re.compile(r"(train|val|test)-[0-9a-f]{32}\.(npy|json|lock)|\..*\.tmp")  # what this module writes
+
+
+def claim_folder(root: Path) -> None:
+    """Create `root` as a feature-cache folder, or accept it if it is one (its marker, or only files this module
+    writes). A folder holding anything else is someone's, and `data.feature_cache=<folder>` pointing there is a
+    slip: refused before a byte is written."""
+    if root.is_dir() and not (root / MARKER).is_file():
+        foreign = sorted(p.name for p in root.iterdir() if not _OWN_FILE.fullmatch(p.name))
+        if foreign:
+            raise UnsafeWriteError(
+                f"data.feature_cache={root} holds files that are not r2gen's feature cache ({', '.join(foreign[:4])}"
+                f"{', ...' if len(foreign) > 4 else ''}); give a new or empty folder, or data.feature_cache=auto")
+    elif root.exists() and not root.is_dir():
+        raise UnsafeWriteError(f"data.feature_cache={root} is a file; give a new or empty folder, or auto")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        (root / MARKER).touch()
+    except OSError as e:
+        raise StorageError(f"data.feature_cache={root}: cannot create the cache folder ({e.strerror or e}); choose "
+                           "another folder or data.feature_cache=off") from None
+
+
 class FeatureCache:
     """Builds and opens the feature files of a frozen `ImageEncoder` under `root`."""
 
@@ -98,7 +125,7 @@ class FeatureCache:
         """`base` (a StudyDataset with an un-augmented transform) served from its feature file."""
         images = self.images_of(base)
         path = self.root / f"{split}-{self.key(base, images)}.npy"
-        self.root.mkdir(parents=True, exist_ok=True)
+        claim_folder(self.root)
         with _locked(path.with_suffix(".lock")):
             if not self.valid(path):
                 self._build(path, base, images)

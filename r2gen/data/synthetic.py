@@ -24,9 +24,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from r2gen.errors import UnsafeWriteError
+
 FINDINGS: tuple[str, ...] = ("cardiomegaly", "effusion_left", "effusion_right", "opacity_left", "opacity_right",
                              "pneumothorax_left", "pneumothorax_right")
 _VERSION = 2  # bump when drawing or reports change, so cached demo sets are regenerated
+_MARKER_NAME = ".demo_params.json"  # a demo set's parameters; its presence marks a folder as the demo's own
 _SIDE_X = {"right": -1.0, "left": 1.0}  # image-x direction of the patient's side (patient's left = image right)
 _ZONE_Y = {"upper": -0.40, "mid": 0.0, "lower": 0.24}  # lung-zone height relative to the lung centre
 
@@ -376,7 +379,7 @@ def _params(n_train, n_val, n_test, image_size, seed) -> dict:
 
 def _is_current(root: Path, params: dict) -> bool:
     try:
-        return (root / "annotation.json").is_file() and json.loads((root / ".demo_params.json").read_text()) == params
+        return (root / "annotation.json").is_file() and json.loads((root / _MARKER_NAME).read_text()) == params
     except (OSError, ValueError):
         return False
 
@@ -394,19 +397,34 @@ def _write(out: Path, p: dict) -> None:
         ann[split].append({"id": sid, "report": _report(rng, f), "image_path": [f"{sid}/0.png", f"{sid}/1.png"],
                            "split": split, "labels": {k: int(f[k]) for k in FINDINGS}})
     (out / "annotation.json").write_text(json.dumps(ann, indent=1))
-    (out / ".demo_params.json").write_text(json.dumps(p, sort_keys=True))  # last: marks the set complete
+    (out / _MARKER_NAME).write_text(json.dumps(p, sort_keys=True))  # last: marks the set complete (and as the demo's)
+
+
+def _check_demo_root(root: Path) -> None:
+    """The demo is written only where nothing of the user's can be lost: a folder that does not exist, an empty
+    one, or one that holds a demo set (its marker, `.demo_params.json`: an older or differently sized set, replaced
+    as a whole). Anything else is someone's data, and stays untouched."""
+    if not root.exists() or (root.is_dir() and ((root / _MARKER_NAME).is_file() or not any(root.iterdir()))):
+        return
+    what = "is a file" if not root.is_dir() else "holds files that are not the demo set"
+    raise UnsafeWriteError(
+        f"data.root={root} {what}, and data=demo would write its synthetic set there; for your own data use "
+        f"data=custom data.root=... (a JSONL/CSV table) or data=iu_xray / data=mimic_cxr data.root=... (R2Gen "
+        f"annotation.json); for the demo, choose a new or empty data.root")
 
 
 def generate_demo(root: str | Path, n_train: int = 2000, n_val: int = 200, n_test: int = 300,
                   image_size: int = 96, seed: int = 0) -> Path:
     """Write the demo set under `root` (annotation.json, images/<id>/{0,1}.png, .demo_params.json) and return the
     path of root/annotation.json. A no-op when root already holds a set with these parameters. Otherwise the set is
-    written to a temporary folder beside root and renamed into place, replacing root as a whole (root is the demo's
-    own folder), so an interrupted or concurrent run never leaves a half-written set behind."""
+    written to a temporary folder beside root and renamed into place, replacing root as a whole, so an interrupted
+    or concurrent run never leaves a half-written set behind. Only a missing or empty root, or one holding a demo
+    set, is ever replaced (`_check_demo_root`); a user's folder raises `UnsafeWriteError` before anything is written."""
     root = Path(root)
     p = _params(n_train, n_val, n_test, image_size, seed)
     if _is_current(root, p):
         return root / "annotation.json"
+    _check_demo_root(root)
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
     os.chmod(tmp, 0o755)  # mkdtemp's 0700 would otherwise become the demo folder's mode
@@ -419,6 +437,7 @@ def generate_demo(root: str | Path, n_train: int = 2000, n_val: int = 200, n_tes
             except OSError:
                 if _is_current(root, p):  # a concurrent run with the same parameters got there first
                     break
+                _check_demo_root(root)  # again, just before moving it: only a demo set is ever moved aside
                 old = Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent))
                 try:
                     os.replace(root, old / "set")  # move the stale set aside, then retry

@@ -17,7 +17,9 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_info
 from torch import nn
 
+from r2gen.checkpoint import payload
 from r2gen.data.clean import get_cleaner
+from r2gen.errors import InputError
 from r2gen.evaluation import Scoring, score_records
 from r2gen.models.encoder import ImageEncoder
 from r2gen.models.lm import generation_config, load_lm, quantization_config
@@ -25,7 +27,6 @@ from r2gen.models.prompt import Prompt, assemble
 from r2gen.models.trainable import apply_align, apply_lm_training, count_params
 
 log = logging.getLogger(__name__)
-CKPT_FORMAT = 1
 
 
 class R2GenModule(pl.LightningModule):
@@ -38,10 +39,10 @@ class R2GenModule(pl.LightningModule):
         self.strict_loading = False  # checkpoints hold only what cannot be rebuilt; on_load_checkpoint checks it
 
         self.encoder = ImageEncoder(cfg.encoder.name, cfg.encoder.pretrained, cfg.data.view_fusion,
-                                    # .get: configs in checkpoints written before the key existed lack it
-                                    cfg.encoder.get("gradient_checkpointing", False),
-                                    **(cfg.encoder.get("kwargs") or {}))
-        quant = quantization_config(cfg.get("quant"), cfg.lm)  # None unless quant=4bit|8bit
+                                    cfg.encoder.gradient_checkpointing,
+                                    image_size=cfg.data.image_size or None,  # null: the encoder's own size
+                                    **(cfg.encoder.kwargs or {}))
+        quant = quantization_config(cfg.quant, cfg.lm)  # None unless quant=4bit|8bit
         self.lm_model, self.tokenizer = load_lm(cfg.lm, quant, path=lm_path)
         text_cfg = self.lm_model.config.get_text_config()
         hidden = text_cfg.hidden_size  # the projection is sized from the LM, whatever its family
@@ -87,13 +88,13 @@ class R2GenModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         keep = self.persistent_keys()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
-        checkpoint["r2gen"] = {"format": CKPT_FORMAT, "keys": sorted(keep)}
+        checkpoint["r2gen"] = payload(self, keep)  # format, kept keys, the config (r2gen.checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         missing = self.persistent_keys() - set(checkpoint["state_dict"])
         if missing:
-            raise RuntimeError(f"checkpoint lacks {len(missing)} weights this config trains (e.g. {sorted(missing)[:3]}); "
-                               "it was saved with a different encoder/lm/align config")
+            raise InputError(f"checkpoint lacks {len(missing)} weights this config trains (e.g. {sorted(missing)[:3]}); "
+                             "it was saved with a different encoder/lm/align config")
 
     # --- forward -------------------------------------------------------------------------------------
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
