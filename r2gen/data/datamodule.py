@@ -21,6 +21,8 @@ from r2gen.data.annotations import SPLITS, read_annotation, read_studies  # noqa
 from r2gen.data.checks import check_studies
 from r2gen.data.clean import get_cleaner
 from r2gen.data.images import load_image
+from r2gen.data.resumable import ResumableLoader, ResumableRandomSampler, SkippingBatchSampler, worker_init
+from r2gen.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +44,19 @@ class StudyDataset(Dataset):
     def __len__(self) -> int:
         return len(self.entries)
 
+    @staticmethod
+    def _load(path: Path, study_id) -> Any:
+        """The image; one that passed the set-up check but cannot be read now changed on disk during the run."""
+        try:
+            return load_image(path)
+        except Exception as e:  # noqa: BLE001 - whatever PIL or pydicom raise for a file that changed on disk
+            raise InputError(f"image {path} (study id {study_id}) can no longer be read ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0] if str(e) else ''}): it changed since the set-up check; "
+                             f"restore it, or remove it and resume with ckpt_path=<run>/checkpoints/last.ckpt") from None
+
     def __getitem__(self, i: int) -> dict[str, Any]:
         e = self.entries[i]
-        views = [self.transform(load_image(self.image_dir / p)) for p in e["image_path"][: self.num_views]]
+        views = [self.transform(self._load(self.image_dir / p, e["id"])) for p in e["image_path"][: self.num_views]]
         images = torch.zeros(self.num_views, *views[0].shape)
         images[: len(views)] = torch.stack(views)
         mask = torch.arange(self.num_views) < len(views)
@@ -83,9 +95,7 @@ class ReportDataModule(pl.LightningDataModule):
         if self.splits:
             return
         image_dir = Path(self.cfg.image_dir)
-        # .get: configs in checkpoints written before on_bad_sample existed lack it; they had the strict behaviour
-        policy = self.cfg.get("on_bad_sample") or "error"
-        ann = check_studies(read_studies(self.cfg), image_dir, self.clean, policy, source=self._source())
+        ann = check_studies(read_studies(self.cfg), image_dir, self.clean, self.cfg.on_bad_sample, source=self._source())
         for split in SPLITS:
             tf = image_transform(self.image_size, self.mean, self.std, self.augment and split == "train")
             self.splits[split] = StudyDataset(ann[split], image_dir, tf, self.cfg.num_views, self.clean)
@@ -104,13 +114,18 @@ class ReportDataModule(pl.LightningDataModule):
         ds = self.splits[split]
         if self.features is not None:  # built here, when the encoder's weights are final (after a checkpoint load)
             ds = self.features.dataset(split, ds)
-        batching: dict[str, Any] = {"batch_size": batch_size, "shuffle": shuffle}
-        if shuffle and self.cfg.get("group_by_length"):
-            from r2gen.data.sampler import length_grouped
+        batching: dict[str, Any] = {"batch_size": batch_size, "shuffle": False}
+        loader = DataLoader
+        if shuffle:  # training: shuffled as RandomSampler shuffles, and resumable mid-epoch (r2gen.data.resumable)
+            loader = ResumableLoader
+            batching = {"batch_sampler": SkippingBatchSampler(ResumableRandomSampler(ds), batch_size, False)}
+            if self.cfg.group_by_length:
+                from r2gen.data.sampler import length_grouped
 
-            batching = {"batch_sampler": length_grouped(ds, self.report_lengths(self.splits[split].reports), batch_size)}
-        return DataLoader(ds, **batching, num_workers=n, collate_fn=collate, persistent_workers=n > 0,
-                          pin_memory=torch.cuda.is_available())
+                lengths = self.report_lengths(self.splits[split].reports)
+                batching = {"batch_sampler": length_grouped(ds, lengths, batch_size)}
+        return loader(ds, **batching, num_workers=n, collate_fn=collate, persistent_workers=n > 0,
+                      worker_init_fn=worker_init if n > 0 else None, pin_memory=torch.cuda.is_available())
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True, self.cfg.batch_size)

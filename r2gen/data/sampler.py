@@ -15,12 +15,14 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 import torch
-from torch.utils.data import BatchSampler, RandomSampler, Sampler
+from torch.utils.data import Sampler
+
+from r2gen.data.resumable import ResumableRandomSampler, SkippingBatchSampler
 
 GROUP = 50  # batches per length-sorted group: big enough to find similar lengths, small enough to stay random
 
 
-class LengthGroupedBatchSampler(BatchSampler):
+class LengthGroupedBatchSampler(SkippingBatchSampler):  # skips batches on a mid-epoch resume
     def __init__(self, sampler: Sampler[int], batch_size: int, drop_last: bool = False,
                  lengths: Sequence[int] = (), group: int = GROUP):
         super().__init__(sampler, batch_size, drop_last)
@@ -32,7 +34,7 @@ class LengthGroupedBatchSampler(BatchSampler):
         if hasattr(self.sampler, "set_epoch"):
             self.sampler.set_epoch(epoch)
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def batches(self) -> Iterator[list[int]]:
         idx = list(self.sampler)
         b, chunk = self.batch_size, self.batch_size * self.group
         batches = []
@@ -49,4 +51,4 @@ def length_grouped(dataset, lengths: Sequence[int], batch_size: int) -> LengthGr
     """A shuffled, length-grouped batch sampler over `dataset` (`lengths[i]`: study i's report tokens)."""
     if len(lengths) != len(dataset):
         raise ValueError(f"data.group_by_length: {len(lengths)} lengths for {len(dataset)} studies")
-    return LengthGroupedBatchSampler(RandomSampler(dataset), batch_size, False, lengths)
+    return LengthGroupedBatchSampler(ResumableRandomSampler(dataset), batch_size, False, lengths)

@@ -34,6 +34,7 @@ import atexit
 import contextlib
 import io
 import os
+import signal
 import threading
 from collections.abc import Sequence
 
@@ -47,11 +48,25 @@ EMPTY_HYPOTHESIS = "xxemptyhypothesisxx"
 EMPTY_REFERENCE = "xxemptyreferencexx"
 
 
+@contextlib.contextmanager
+def _sigint_ignored():
+    """SIGINT ignored while a child process starts (only the main thread may change signal handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:  # None: the handler was not set from Python; Python's own is the best guess
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+
+
 class _SharedMeteor(Meteor):
     """pycocoevalcap's Meteor, unchanged (same command, same `compute_score`), with a shutdown that cannot hang."""
 
     def __init__(self) -> None:
-        super().__init__()
+        with _sigint_ignored():  # the JVM inherits SIG_IGN: a terminal's Ctrl-C reaches the whole process group,
+            super().__init__()  # and must not kill the JVM while training stops cleanly (r2gen.resume)
         self._owner_pid = os.getpid()
         # Nobody reads the JVM's stderr pipe; drain it so a chatty JVM can never block on a full pipe.
         threading.Thread(target=self.meteor_p.stderr.read, daemon=True, name="meteor-stderr").start()
