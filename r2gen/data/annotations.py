@@ -8,6 +8,10 @@
   either a `split` column (one file, `data.annotation`) or one file per split (`data.train_file`, `val_file`,
   `test_file`). An image cell holds one path, several joined with `;`, or (JSONL) a list;
 - `auto`: by the file's suffix (`.json`, `.jsonl`, `.csv`).
+
+Files are UTF-8 (a BOM is fine). A file that is not (the byte, line and column named), malformed JSON (line and
+column), the wrong shape, an empty file, an empty or repeated study id (within a file, or across splits) is an
+`InputError` naming the file and the spot: one line, nothing read half-way.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import csv
 import json
 from pathlib import Path
 from typing import Any
+
+from r2gen.errors import ConfigError, InputError, MissingFileError
 
 SPLITS = ("train", "val", "test")
 FORMATS = {".json": "r2gen", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
@@ -32,15 +38,23 @@ def read_studies(cfg) -> Studies:
     if any(files.values()):
         unset = [f"data.{s}_file" for s, f in files.items() if not f]
         if unset:
-            raise ValueError(f"{', '.join(unset)} not set: give all three of data.train_file, data.val_file and "
-                             f"data.test_file, or none of them and data.annotation with a split column")
+            raise ConfigError(f"{', '.join(unset)} not set: give all three of data.train_file, data.val_file and "
+                              f"data.test_file, or none of them and data.annotation with a split column")
         out = {}
         for split, f in files.items():
             fmt = file_format(f, cfg.get("format"))
             if fmt == "r2gen":
-                raise ValueError(f"data.{split}_file={f}: per-split files must be JSONL or CSV (set data.format=jsonl "
-                                 f"or csv); an R2Gen annotation.json holds all splits and goes in data.annotation")
+                raise ConfigError(f"data.{split}_file={f}: per-split files must be JSONL or CSV (set data.format=jsonl "
+                                  f"or csv); an R2Gen annotation.json holds all splits and goes in data.annotation")
             out[split] = read_table(f, fmt, image_columns, split=split)[split]
+        first = {}  # id -> the split file it is in
+        for split in SPLITS:
+            for e in out[split]:
+                if e["id"] in first:
+                    raise InputError(f"id {e['id']!r} is in both data.{first[e['id']]}_file={files[first[e['id']]]} "
+                                     f"and data.{split}_file={files[split]}; a study belongs to one split: remove it "
+                                     f"from one of them")
+                first[e["id"]] = split
         return out
     path = cfg["annotation"]
     fmt = file_format(path, cfg.get("format"))
@@ -51,57 +65,131 @@ def file_format(path, fmt: str | None) -> str:
     if fmt in ("r2gen", "jsonl", "csv"):
         return fmt
     if fmt not in (None, "auto"):
-        raise ValueError(f"data.format={fmt!r}: choose auto, r2gen, jsonl or csv")
+        raise ConfigError(f"data.format={fmt!r}: choose auto, r2gen, jsonl or csv")
     suffix = Path(str(path)).suffix.lower()
     if suffix not in FORMATS:
-        raise ValueError(f"data.format=auto: cannot tell the format of {path} from its suffix; "
-                         f"set data.format=r2gen, jsonl or csv")
+        raise ConfigError(f"data.format=auto: cannot tell the format of {path} from its suffix; "
+                          f"set data.format=r2gen, jsonl or csv")
     return FORMATS[suffix]
 
 
 def read_annotation(path: str | Path) -> Studies:
-    """R2Gen's `annotation.json`."""
+    """R2Gen's `annotation.json`. Anything off its shape is an `InputError` naming the file and the entry; an
+    `image_path` given as one string is one image; study ids must be unique across all splits."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"annotation file not found: {path} (set data.annotation, or data.root for its folder)")
-    with open(path) as f:
-        ann = json.load(f)
+        raise MissingFileError(f"annotation file not found: {path} (set data.annotation, or data.root for its folder)")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")  # -sig: tolerate a BOM some editors write
+    except UnicodeDecodeError:
+        raise _utf8_error(path) from None  # its position counted from the file's first byte, BOM or not
+    if not text.strip():
+        raise InputError(f"{path}: the file is empty; expected R2Gen's layout "
+                         f'{{"train": [...], "val": [...], "test": [...]}}')
+    try:
+        ann = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path} line {e.lineno} column {e.colno}: not valid JSON ({e.msg}); fix the file there "
+                         f"(a JSON checker, e.g. `python -m json.tool {path}`, shows the spot)") from None
+    layout = 'R2Gen\'s layout is {"train": [...], "val": [...], "test": [...]}'
+    if not isinstance(ann, dict):
+        raise InputError(f"{path}: the top level is a JSON {_json_type(ann)}, not an object; {layout} (a table of "
+                         f"studies goes in a JSONL or CSV file with a split column: data=custom)")
     missing = [s for s in SPLITS if s not in ann]
     if missing:
-        raise ValueError(f"{path}: no {', '.join(missing)} split; expected keys {SPLITS} (R2Gen annotation layout)")
+        raise InputError(f"{path}: no {', '.join(missing)} split; expected keys {SPLITS} (R2Gen annotation layout)")
+    out: Studies = {}
+    seen: dict[str, str] = {}  # id -> where it was first seen
     for split in SPLITS:
+        if not isinstance(ann[split], list):
+            raise InputError(f"{path}: {split!r} is a JSON {_json_type(ann[split])}, not a list of studies; {layout}")
+        out[split] = []
         for i, e in enumerate(ann[split]):
+            where = f"{split}[{i}]"
+            if not isinstance(e, dict):
+                raise InputError(f"{path}: {where} is a JSON {_json_type(e)}, not an object "
+                                 f'{{"id", "report", "image_path"}}')
             for key in ("id", "report", "image_path"):
                 if key not in e:
-                    raise ValueError(f"{path}: {split}[{i}] has no {key!r} (keys: {sorted(e)})")
-    return {s: ann[s] for s in SPLITS}
+                    raise InputError(f"{path}: {where} has no {key!r} (keys: {sorted(e)})")
+            sid, report, images = e["id"], e["report"], e["image_path"]
+            if not isinstance(sid, (str, int)) or isinstance(sid, bool) or not str(sid).strip():
+                raise InputError(f"{path}: {where} has id={sid!r}; a study id is a non-empty string")
+            if not isinstance(report, str):
+                raise InputError(f"{path}: {where} (id {sid!r}) has report={report!r}: expected a string")
+            if isinstance(images, str):  # one image, written without the list
+                images = [images]
+            if not isinstance(images, list) or not all(isinstance(p, str) for p in images):
+                raise InputError(f"{path}: {where} (id {sid!r}) has image_path={images!r}: expected a list of paths "
+                                 f"relative to the image folder")
+            sid = str(sid)
+            if sid in seen:
+                raise InputError(f"{path}: id {sid!r} appears twice ({seen[sid]} and {where}); study ids must be "
+                                 f"unique across train, val and test: remove or rename one")
+            seen[sid] = where
+            out[split].append({**e, "id": sid, "image_path": images})
+    return out
+
+
+def _json_type(x) -> str:
+    return {dict: "object", list: "list", str: "string", bool: "boolean", type(None): "null"}.get(
+        type(x), "number")
+
+
+def not_utf8(path: Path | str, raw: bytes, e: UnicodeDecodeError) -> InputError:
+    """The error for a file (`path`: how the user named it) that is not UTF-8, naming the first bad byte: its offset,
+    line and column (1-based)."""
+    line = raw.count(b"\n", 0, e.start) + 1
+    col = e.start - raw.rfind(b"\n", 0, e.start)
+    bad = raw[e.start:e.start + 1].hex()
+    return InputError(f"{path}: not UTF-8 text: byte 0x{bad} at byte offset {e.start} (line {line}, column {col}); "
+                      f"save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8 in > out`, or your editor's or "
+                      f"spreadsheet's 'save as UTF-8')")
+
+
+def _utf8_error(path: Path, name: str | None = None) -> InputError:
+    """`not_utf8` for a file a text reader failed on mid-way (its own error only knows the position in a buffer)."""
+    raw = path.read_bytes()
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return not_utf8(name or path, raw, e)
+    return InputError(f"{name or path}: not UTF-8 text; save the file as UTF-8")
 
 
 def read_table(path: str | Path, fmt: str, image_columns: list[str], split: str | None = None) -> Studies:
     """A JSONL or CSV table of studies. With `split`, every row belongs to it; otherwise a `split` column says."""
     path = Path(str(path))
     if not path.is_file():
-        raise FileNotFoundError(f"{fmt.upper()} file not found: {path} (set data.annotation, or data.train_file/"
-                                f"val_file/test_file, relative to where you run or absolute)")
+        raise MissingFileError(f"{fmt.upper()} file not found: {path} (set data.annotation, or data.train_file/"
+                               f"val_file/test_file, relative to where you run or absolute)")
     need = ["id", "report", *image_columns] + ([] if split else ["split"])
     out: Studies = {s: [] for s in SPLITS}
-    seen: set[str] = set()
+    seen: dict[str, str] = {}  # id -> the line it was first seen on
     for where, row in _rows(path, fmt):
         missing = [c for c in need if c not in row]
         if missing:
             fix = " (set data.image_columns)" if set(missing) & set(image_columns) else ""
-            raise ValueError(f"{path} {where}: no column {', '.join(map(repr, missing))}{fix}; "
+            raise InputError(f"{path} {where}: no column {', '.join(map(repr, missing))}{fix}; "
                              f"its columns: {', '.join(map(str, row))}")
         s = split or SPLIT_NAMES.get(str(row["split"]).strip().lower())
         if s is None:
-            raise ValueError(f"{path} {where}: split={row['split']!r}: expected train, val (or validate) or test")
-        sid = str(row["id"]).strip()
+            raise InputError(f"{path} {where}: split={row['split']!r}: expected train, val (or validate) or test")
+        sid = "" if row["id"] is None else str(row["id"]).strip()
+        if not sid:
+            raise InputError(f"{path} {where}: the id is empty; every study needs a unique id")
         if sid in seen:
-            raise ValueError(f"{path} {where}: id {sid!r} appears twice; study ids must be unique")
-        seen.add(sid)
+            raise InputError(f"{path} {where}: id {sid!r} appears twice (first on {seen[sid]}); study ids must be "
+                             f"unique: remove or rename one")
+        seen[sid] = where
         images = [p for c in image_columns for p in _paths(row[c])]
         out[s].append({"id": sid, "report": "" if row["report"] is None else str(row["report"]),
                        "image_path": images, "split": s})
+    if not seen:
+        header = " or has only a header row" if fmt == "csv" else ""
+        raise InputError(f"{path}: no studies in it (the file is empty{header}); expected one row per study with "
+                         f"{', '.join(need)}")
     return out
 
 
@@ -109,8 +197,22 @@ def _rows(path: Path, fmt: str):
     """(`line n` / `row n`, row dict) for each row of the table."""
     if fmt == "csv":
         with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a BOM from Excel is not part of a name
-            for n, row in enumerate(csv.DictReader(f), 2):
-                yield f"row {n}", row
+            # strict: a quote opened and never closed is an error, not the rest of the file read as one field
+            reader = csv.DictReader(f, strict=True)
+            start = 1  # the line the next record starts on
+            try:
+                if reader.fieldnames is None:  # reads the header row; None: an empty file
+                    return
+                start = reader.line_num + 1
+                for n, row in enumerate(reader, 2):
+                    yield f"row {n}", row
+                    start = reader.line_num + 1
+            except UnicodeDecodeError:
+                raise _utf8_error(path) from None
+            except csv.Error as e:  # an unclosed quote, text after a closing quote, a field over the size limit
+                raise InputError(f"{path} line {start}: not valid CSV ({e}, in the row that starts on this line); "
+                                 f"a quoted field must close its quote: fix it there, or save the file again as "
+                                 f"CSV (UTF-8) from your spreadsheet") from None
         return
     for n, row in jsonl_objects(path):
         yield f"line {n}", row
@@ -120,17 +222,20 @@ def jsonl_objects(path: Path, name: str | None = None):
     """(line number, object) for each non-blank line of a JSONL file; a line that is not a JSON object is an error
     naming `name` (how the user gave the file, e.g. `predictions=<path>`; default the path) and the line."""
     name = name or str(path)
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{name} line {n}: not JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{name} line {n}: expected a JSON object per line, got {type(row).__name__}")
-            yield n, row
+    with open(path, encoding="utf-8-sig") as f:  # -sig: a BOM is not part of the first object
+        try:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise InputError(f"{name} line {n}: not JSON ({e.msg} at column {e.colno})") from None
+                if not isinstance(row, dict):
+                    raise InputError(f"{name} line {n}: expected a JSON object per line, got {_json_type(row)}")
+                yield n, row
+        except UnicodeDecodeError:
+            raise _utf8_error(path, name) from None
 
 
 def _paths(cell) -> list[str]:

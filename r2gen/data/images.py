@@ -92,6 +92,8 @@ def image_problem(path: str | Path) -> str | None:
     path = Path(path)
     if not path.is_file():
         return "no such file"
+    if path.stat().st_size == 0:
+        return "empty file (0 bytes)"
     try:
         if is_dicom(path):
             return _dicom_problem(path)

@@ -8,52 +8,61 @@ from __future__ import annotations
 
 import copy
 import logging
+from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+from r2gen.errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
 
 PAD_POLICIES = "keep, eos, unk, add or an integer token id"
 
 
-def _remote_code_refused(e: ValueError, path: str) -> ValueError | None:
+def _remote_code_refused(e: ValueError, path: str) -> ConfigError | None:
     """transformers refuses code shipped with a model unless trusted; say which r2gen key turns it on."""
     if "trust_remote_code" not in str(e):
         return None
-    return ValueError(f"lm.name_or_path={path!r} ships its own model/tokenizer code, which runs only with "
-                      f"lm.trust_remote_code=true: read that code (or the model card) first, then set it")
+    return ConfigError(f"lm.name_or_path={path!r} ships its own model/tokenizer code, which runs only with "
+                       f"lm.trust_remote_code=true: read that code (or the model card) first, then set it")
 
 
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
     try:
         return AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except OSError as e:  # a hub id offline, a typo, a folder without tokenizer files
-        raise OSError(f"lm.name_or_path={name_or_path!r}: no tokenizer could be loaded from this folder or hub id "
+        raise InputError(f"lm.name_or_path={name_or_path!r}: no tokenizer could be loaded from this folder or hub id "
                       f"(check the path; hub ids need the network or a local copy). Cause: {str(e).splitlines()[0]}") from None
     except ValueError as e:
-        raise (_remote_code_refused(e, name_or_path) or e) from None
+        refused = _remote_code_refused(e, name_or_path)
+        if refused is None and Path(name_or_path).is_dir():  # e.g. a folder with config.json + weights only
+            raise InputError(f"lm.name_or_path={name_or_path!r}: no tokenizer could be loaded from this folder; copy "
+                             f"the model's tokenizer files into it (tokenizer.json or tokenizer.model, "
+                             f"tokenizer_config.json: `tokenizer.save_pretrained(<folder>)`). "
+                             f"Cause: {str(e).splitlines()[0]}") from None
+        raise (refused or e) from None
 
 
 def apply_pad_policy(tokenizer, policy: Any) -> bool:
     """Give the tokenizer a pad token as `lm.pad_token` says. Returns True if a token was added (resize needed)."""
     if isinstance(policy, bool) or not isinstance(policy, (int, str)):
-        raise ValueError(f"lm.pad_token={policy!r}: choose {PAD_POLICIES}")
+        raise ConfigError(f"lm.pad_token={policy!r}: choose {PAD_POLICIES}")
     if isinstance(policy, int) or (isinstance(policy, str) and policy.isdigit()):
         pid = int(policy)
         if not 0 <= pid < len(tokenizer):
-            raise ValueError(f"lm.pad_token={pid}: not a token id of this tokenizer (size {len(tokenizer)})")
+            raise ConfigError(f"lm.pad_token={pid}: not a token id of this tokenizer (size {len(tokenizer)})")
         tokenizer.pad_token = tokenizer.convert_ids_to_tokens(pid)
         return False
     if policy == "keep":
         if tokenizer.pad_token_id is None:
-            raise ValueError("lm.pad_token=keep but the tokenizer has no pad token: choose eos, unk, add or an id")
+            raise ConfigError("lm.pad_token=keep but the tokenizer has no pad token: choose eos, unk, add or an id")
         return False
     if policy in ("eos", "unk"):
         tok = getattr(tokenizer, f"{policy}_token")
         if tok is None:
-            raise ValueError(f"lm.pad_token={policy} but the tokenizer has no {policy} token: choose {PAD_POLICIES}")
+            raise ConfigError(f"lm.pad_token={policy} but the tokenizer has no {policy} token: choose {PAD_POLICIES}")
         tokenizer.pad_token = tok
         return False
     if policy == "add":
@@ -61,7 +70,7 @@ def apply_pad_policy(tokenizer, policy: Any) -> bool:
             return False
         tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
         return True
-    raise ValueError(f"lm.pad_token={policy!r}: choose {PAD_POLICIES}")
+    raise ConfigError(f"lm.pad_token={policy!r}: choose {PAD_POLICIES}")
 
 
 def _dtype(name: str | None):
@@ -69,7 +78,7 @@ def _dtype(name: str | None):
         return "auto"
     dt = getattr(torch, str(name), None)
     if not isinstance(dt, torch.dtype):
-        raise ValueError(f"lm.dtype={name!r}: choose auto, float32, bfloat16 or float16")
+        raise ConfigError(f"lm.dtype={name!r}: choose auto, float32, bfloat16 or float16")
     return dt
 
 
@@ -82,8 +91,8 @@ def quantization_config(quant_cfg, lm_cfg):
         return None
     if not lm_cfg.freeze:
         which = ", ".join(f"quant.{k}=true" for k in ("load_in_4bit", "load_in_8bit") if quant_cfg.get(k)) or "quant"
-        raise ValueError(f"{which} with lm.freeze=false: quantized weights cannot be trained; "
-                         "set lm.freeze=true (with lm.lora.r>0 to train adapters) or quant=none")
+        raise ConfigError(f"{which} with lm.freeze=false: quantized weights cannot be trained; "
+                          "set lm.freeze=true (with lm.lora.r>0 to train adapters) or quant=none")
     import inspect
 
     from hydra.utils import instantiate
@@ -92,8 +101,8 @@ def quantization_config(quant_cfg, lm_cfg):
     known = set(inspect.signature(BitsAndBytesConfig.__init__).parameters) - {"self", "kwargs"}
     unknown = sorted(set(quant_cfg) - known - {"_target_"})
     if unknown:  # BitsAndBytesConfig would only warn and drop them
-        raise ValueError(f"{', '.join(f'quant.{k}' for k in unknown)}: not a BitsAndBytesConfig option; "
-                         f"choose from {', '.join(sorted(known))}")
+        raise ConfigError(f"{', '.join(f'quant.{k}' for k in unknown)}: not a BitsAndBytesConfig option; "
+                          f"choose from {', '.join(sorted(known))}")
     return instantiate(quant_cfg)
 
 
@@ -101,12 +110,12 @@ def load_lm(lm_cfg, quantization_config=None, path: str | None = None):
     """(model, tokenizer) as `lm_cfg` says, via `AutoModelForCausalLM.from_pretrained` (from `path` if given)."""
     path = str(path or lm_cfg.name_or_path)
     if lm_cfg.get("unsupported"):  # a known incompatibility, said before minutes of downloading
-        raise ValueError(f"lm.name_or_path={lm_cfg.name_or_path!r} does not work with this r2gen: {lm_cfg.unsupported} "
-                         "(set lm.unsupported=null to try anyway)")
+        raise ConfigError(f"lm.name_or_path={lm_cfg.name_or_path!r} does not work with this r2gen: {lm_cfg.unsupported} "
+                          "(set lm.unsupported=null to try anyway)")
     tokenizer = load_tokenizer(path, bool(lm_cfg.trust_remote_code))
     added = apply_pad_policy(tokenizer, lm_cfg.pad_token)
     if tokenizer.eos_token_id is None:
-        raise ValueError(f"the tokenizer of lm.name_or_path={path!r} has no eos token; reports need one")
+        raise InputError(f"the tokenizer of lm.name_or_path={path!r} has no eos token; reports need one")
     kwargs: dict[str, Any] = {"dtype": _dtype(lm_cfg.dtype), "trust_remote_code": bool(lm_cfg.trust_remote_code)}
     if lm_cfg.get("attn_implementation"):
         kwargs["attn_implementation"] = lm_cfg.attn_implementation
@@ -133,12 +142,12 @@ def generation_config(model, tokenizer, kwargs: dict[str, Any]) -> GenerationCon
     unknown = gen.update(**kwargs)
     if unknown:
         keys = ", ".join(f"generate.{k}" for k in unknown)
-        raise ValueError(f"{keys}: not a generation option of transformers' GenerationConfig; remove it or fix the name")
+        raise ConfigError(f"{keys}: not a generation option of transformers' GenerationConfig; remove it or fix the name")
     gen.pad_token_id = tokenizer.pad_token_id
     gen.eos_token_id = tokenizer.eos_token_id
     gen.bos_token_id = tokenizer.bos_token_id
     try:
         gen.validate(strict=True)
     except ValueError as e:
-        raise ValueError(f"generate.*: inconsistent generation options: {e}") from None
+        raise ConfigError(f"generate.*: inconsistent generation options: {e}") from None
     return gen
