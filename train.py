@@ -11,11 +11,13 @@ log = logging.getLogger(__name__)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> float | None:
+    """Returns the monitored score (`monitor.metric`, val/score by default) of the run's last validation, so a
+    Hydra sweeper (`-m`, Optuna) can optimise it."""
     from r2gen.cli import run_cli
-    from r2gen.train import train
+    from r2gen.train import monitored_score, train
 
-    run_cli(train, cfg)
+    return monitored_score(cfg, run_cli(train, cfg))
 
 
 if __name__ == "__main__":

@@ -29,10 +29,11 @@ def quiet_libraries() -> None:
     hf_logging.set_verbosity_error()
 
 
-def run_cli(fn: Callable[[DictConfig], object], cfg: DictConfig) -> None:
+def run_cli(fn: Callable[[DictConfig], object], cfg: DictConfig):
+    """`fn(cfg)`, its result returned; a user error ends the command with one line and exit code 2."""
     quiet_libraries()
     try:
-        fn(cfg)
+        return fn(cfg)
     except USER_ERRORS as e:
         if os.environ.get("R2GEN_TRACEBACK"):
             raise

@@ -18,8 +18,14 @@ from r2gen.run_folder import keep_earlier_checkpoints
 log = logging.getLogger(__name__)
 
 
+def monitored_score(cfg: DictConfig, metrics: dict[str, float] | None) -> float | None:
+    """What a sweeper optimises: the best `monitor.metric` of the run (its last value if no checkpoint tracked it)."""
+    metrics = metrics or {}
+    return metrics.get(f"best/{cfg.monitor.metric}", metrics.get(cfg.monitor.metric))
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Returns the final metrics (train/val/test) as floats."""
+    """Returns the final metrics (train/val/test, and `best/<monitor.metric>`) as floats."""
     pl.seed_everything(cfg.seed, workers=True)
     # fail now, with a clear message, not after the model is built
     resume_step = int(read_checkpoint(cfg.ckpt_path).get("global_step", 0)) if cfg.get("ckpt_path") else None
@@ -41,6 +47,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             sys.exit(resume.EXIT_INTERRUPTED)
         raise
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    ckpt = trainer.checkpoint_callback  # the best-checkpoint callback: its score is the run's best validation
+    if ckpt is not None and ckpt.monitor == cfg.monitor.metric and ckpt.best_model_score is not None:
+        metrics[f"best/{cfg.monitor.metric}"] = float(ckpt.best_model_score)
 
     if cfg.get("test_after_fit"):
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
