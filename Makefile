@@ -26,7 +26,7 @@ demo: install  ## train on the built-in synthetic demo (CPU, ~4 min), then evalu
 test: install  ## run the whole test suite (what CI runs)
 	$(PY) -m pytest -q
 
-test-fast: install  ## the test suite without the slow end-to-end runs
+test-fast: install  ## the tests not marked slow (no fresh processes, no multi-epoch runs): about 40 s
 	$(PY) -m pytest -q -m "not slow"
 
 lint: install  ## ruff

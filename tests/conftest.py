@@ -8,15 +8,23 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # a failed hub lookup otherwise retries for 
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
 import json  # noqa: E402
+import re  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
+from html.parser import HTMLParser  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.core.global_hydra import GlobalHydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
-from omegaconf import DictConfig, open_dict  # noqa: E402
+from omegaconf import DictConfig, OmegaConf, open_dict  # noqa: E402
+from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid  # noqa: E402
+
+from r2gen.models.tiny_lm import build_causal_lm  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = str(ROOT / "conf")
@@ -98,3 +106,138 @@ def demo_run(tmp_path_factory, cache_dir) -> Path:
     out = tmp_path_factory.mktemp("demo_run")
     train(compose_cfg("config", SMALL + ["test_after_fit=false"], out, cache_dir))
     return out
+
+
+# --- files and pages the tests build and read ------------------------------------------------------------
+RAMP = np.tile(np.linspace(0, 4095, 64).round().astype(np.uint16), (32, 1))  # [32, 64], the full 12-bit range
+
+
+def write_dicom(path: Path, pixels: np.ndarray, photometric: str = "MONOCHROME2", bits_stored: int = 12,
+                **tags) -> Path:
+    """A minimal valid DICOM file (Explicit VR Little Endian, 16 bits allocated); `pixels` [H, W] or [F, H, W]."""
+    meta = FileMetaDataset()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.PatientID = "CR", "anon"
+    if pixels.ndim == 3:
+        ds.NumberOfFrames = pixels.shape[0]
+    ds.Rows, ds.Columns = pixels.shape[-2:]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits_stored, bits_stored - 1, 0
+    for k, v in tags.items():
+        setattr(ds, k, v)
+    ds.PixelData = pixels.astype(np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+class Page(HTMLParser):
+    """Collects what a test checks in report.html: study rows, image sources, every src/href."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows, self.in_body, self.srcs = 0, False, []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        self.in_body |= tag == "tbody"
+        self.rows += tag == "tr" and self.in_body
+        self.srcs += [v for k, v in attrs if k in ("src", "href")]
+        if tag == "img":
+            assert a["src"].startswith("data:image/jpeg;base64,")
+
+    def handle_endtag(self, tag):
+        self.in_body &= tag != "tbody"
+
+
+def parse_page(text: str) -> Page:
+    p = Page()
+    p.feed(text)
+    p.close()
+    assert not re.search(r"https?://", text), "report.html must work offline"
+    return p
+
+
+# ------------------------------------------------------------------------------------------ reference protocol
+
+
+# --- tiny random checkpoints of each LM family (test_lm_families, test_quant, test_verify) ----------------------
+# The demo shrink minus its lm.build.* entries, which only lm=tiny has.
+SMALL_NO_BUILD = [o for o in SMALL if not o.startswith("lm.build.")]
+
+TEXTS = ["the heart is enlarged .", "no pleural effusion .", "small left pneumothorax .", "the lungs are clear .",
+         "mild cardiomegaly without edema ."] * 8
+LLAMA_SPECIAL = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": None, "unk_token": "<unk>"}
+NEOX_SPECIAL = {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "pad_token": None, "unk_token": "<|endoftext|>"}
+DECODER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=256)
+GQA = dict(DECODER, num_key_value_heads=2)
+# Phi-3's chat template (an instruct model: its yaml wraps the prompt in it)
+PHI3_CHAT = ("{% for message in messages %}{{'<|' + message['role'] + '|>\\n' + message['content'] + '<|end|>\\n'}}"
+             "{% endfor %}{% if add_generation_prompt %}{{'<|assistant|>\\n'}}{% endif %}")
+
+# family -> (lm yaml whose settings it is tested with, model_type, tokenizer special tokens, extra tokens, config)
+FAMILIES = {
+    "llama": ("llama2-7b", "llama", LLAMA_SPECIAL, (), GQA),
+    "qwen2": ("qwen2-7b", "qwen2", {"bos_token": None, "eos_token": "<|endoftext|>", "pad_token": None,
+                                    "unk_token": None}, (), GQA),
+    "mistral": ("mistral-7b", "mistral", LLAMA_SPECIAL, (), GQA),
+    "stablelm": ("stablelm-3b", "stablelm", NEOX_SPECIAL, (), GQA),
+    "gpt_neox": ("pythia-70m", "gpt_neox", NEOX_SPECIAL, (), DECODER),
+    "gpt2": ("gpt2", "gpt2", NEOX_SPECIAL, (), dict(n_embd=32, n_layer=1, n_head=2, n_positions=256)),
+    "opt": ("opt-125m", "opt", {"bos_token": "</s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"},
+            (), dict(hidden_size=32, ffn_dim=64, num_hidden_layers=1, num_attention_heads=2, word_embed_proj_dim=32,
+                 max_position_embeddings=256)),
+    "bloom": ("bloom-560m", "bloom", {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>",
+                                      "unk_token": "<unk>"}, (), dict(hidden_size=32, n_layer=1, n_head=2)),
+    # Gemma scales its input embeddings by sqrt(hidden): the image tokens must go through get_input_embeddings()
+    "gemma": ("gemma-2b", "gemma", {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>",
+                                    "unk_token": "<unk>"}, (), dict(GQA, head_dim=16)),
+    "phi3": ("phi3-mini", "phi3", {"bos_token": "<s>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
+                                   "unk_token": "<unk>"}, ("<|user|>", "<|end|>", "<|assistant|>"), GQA),
+    # THUDM/glm-4-9b-hf is model_type glm; glm4 is the GLM-4-0414 architecture, which the same yaml settings fit
+    "glm": ("glm4-9b", "glm", {"bos_token": None, "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
+                               "unk_token": None}, ("[gMASK]", "<sop>"), dict(GQA, head_dim=16)),
+    "glm4": ("glm4-9b", "glm4", {"bos_token": None, "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
+                                 "unk_token": None}, ("[gMASK]", "<sop>"), dict(GQA, head_dim=16)),
+}
+
+
+def lm_yaml(name: str):
+    return OmegaConf.load(ROOT / "conf" / "lm" / f"{name}.yaml")
+
+
+def build_family(out_dir: Path, family: str) -> str:
+    """A tiny random checkpoint of `family` in `out_dir`, with the family's special tokens (and chat template)."""
+    name, model_type, special, extra, kw = FAMILIES[family]
+    path = build_causal_lm(out_dir, TEXTS, model_type=model_type, vocab_size=300, special=special,
+                           extra_tokens=extra, **kw)
+    if lm_yaml(name).prompt.template == "chat":  # an instruct model ships a chat template
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(path)
+        tok.chat_template = PHI3_CHAT
+        tok.save_pretrained(path)
+    return str(path)
+
+
+def batch(b=2, v=2, size=32):
+    return {"ids": [str(i) for i in range(b)], "images": torch.randn(b, v, 3, size, size),
+            "view_mask": torch.ones(b, v, dtype=torch.bool), "reports": TEXTS[:b]}
+
+
+def train_steps(m: torch.nn.Module, b: dict, steps: int, lr: float) -> list[float]:
+    """`steps` AdamW steps of everything trainable on one batch; the losses."""
+    opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=lr)
+    m.train()
+    losses = []
+    for _ in range(steps):
+        loss = m(b)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses

@@ -35,8 +35,7 @@ from r2gen.errors import ConfigError, InputError, MissingFileError, UserError
 from r2gen.models.encoder import ImageEncoder, create_timm_model
 from r2gen.report_html import render
 
-from .conftest import SMALL, run_cli, snapshot
-from .test_images import RAMP, write_dicom
+from .conftest import RAMP, SMALL, run_cli, snapshot, write_dicom
 
 GOOD = {s: [{"id": f"{s}{i}", "report": "No pleural effusion.", "image_path": [f"{s}{i}/0.png"]} for i in range(2)]
         for s in ("train", "val", "test")}
@@ -300,6 +299,7 @@ def test_the_encoder_keeps_its_own_size_without_data_image_size():
     assert enc.data_config()["input_size"] == (3, 176, 176)  # timm's own, as before
 
 
+@pytest.mark.slow
 def test_train_py_with_swin_on_the_demo(tmp_path, cache_dir):
     # `python train.py encoder.name=swin_tiny_patch4_window7_224` used to fail inside timm ("Input height (64) doesn't
     # match model (224)"); shrunk (32 px, two steps: ~10 s), align=shallow also sends the images through the cache
@@ -311,6 +311,7 @@ def test_train_py_with_swin_on_the_demo(tmp_path, cache_dir):
 
 
 # ------------------------------------------------------------------------------------------------ the LM
+@pytest.mark.slow
 def test_an_lm_folder_without_a_tokenizer_is_one_line(tmp_path, cache_dir):
     from transformers import LlamaConfig, LlamaForCausalLM
 

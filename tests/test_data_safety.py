@@ -55,6 +55,7 @@ def user_data(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------- the two slips
+@pytest.mark.slow
 def test_train_with_a_user_folder_as_the_demo_root_refuses_and_touches_nothing(user_data, tmp_path, cache_dir):
     root, _ = user_data
     before = snapshot(root)
@@ -104,6 +105,7 @@ def test_demo_is_written_only_to_a_new_an_empty_or_a_demo_folder(tmp_path, user_
     assert (tmp_path / "afile").read_text() == "x"
 
 
+@pytest.mark.slow
 def test_run_folder_that_holds_other_files_is_refused_before_hydra_writes(user_data, tmp_path, cache_dir):
     root, _ = user_data
     before = snapshot(root)
@@ -205,13 +207,24 @@ class _Evil:
         return (open, (self.marker, "w"))  # creating the file is the proof that unpickling ran code
 
 
-def test_a_checkpoint_whose_pickle_runs_code_is_refused_unrun(tmp_path, cache_dir):
-    marker = tmp_path / "pwned"
-    evil = tmp_path / "evil.ckpt"
+def evil_checkpoint(folder):
+    marker = folder / "pwned"
+    evil = folder / "evil.ckpt"
     torch.save({"r2gen": {"format": 2}, "hyper_parameters": {"cfg": {}}, "payload": _Evil(str(marker))}, evil,
                pickle_module=pickle)
+    return evil, marker
+
+
+def test_a_checkpoint_whose_pickle_runs_code_is_refused_unrun(tmp_path):
+    evil, marker = evil_checkpoint(tmp_path)
     with pytest.raises(InputError, match="refused"):
         read_checkpoint(evil)
+    assert not marker.exists()
+
+
+@pytest.mark.slow
+def test_evaluate_py_refuses_a_checkpoint_whose_pickle_runs_code(tmp_path, cache_dir):
+    evil, marker = evil_checkpoint(tmp_path)
     r = run_cli("evaluate.py", f"ckpt={evil}", f"hydra.run.dir={tmp_path / 'ev'}", cache_dir=cache_dir)
     assert r.returncode == 2 and "refused" in r.stderr and "Traceback" not in r.stderr
     assert not marker.exists()
@@ -253,6 +266,7 @@ def test_a_new_run_never_overwrites_an_earlier_run_s_checkpoints(demo_run, cache
     assert snapshot(demo_run / "checkpoints") == before
 
 
+@pytest.mark.slow
 def test_a_multirun_sweep_folder_is_checked_too(user_data, cache_dir):
     root, _ = user_data
     before = snapshot(root)

@@ -10,10 +10,10 @@ from r2gen import build
 from r2gen.metrics import METRIC_NAMES
 from r2gen.train import train
 
-from .conftest import SMALL, compose_cfg
-from .test_train import read_jsonl, run_cli
+from .conftest import SMALL, compose_cfg, read_jsonl, run_cli
 
 
+@pytest.mark.slow
 def test_two_process_evaluation_matches_one(tmp_path, cache_dir):
     # 7 test studies over 2 ranks: DistributedSampler repeats one study to even out the shards, and the module
     # must drop the repeat before scoring

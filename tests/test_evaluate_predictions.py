@@ -8,8 +8,7 @@ import pytest
 from r2gen.data.clean import clean_report_iu_xray
 from r2gen.metrics import METRIC_NAMES
 
-from .conftest import SHARED_DATA
-from .test_train import run_cli
+from .conftest import SHARED_DATA, run_cli
 
 IU = SHARED_DATA / "iu_xray" / "annotation.json"
 
@@ -33,6 +32,7 @@ def direct_pycocoevalcap(hyps: list[str], refs: list[str]) -> dict[str, float]:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not IU.is_file(), reason="real IU-Xray reports not present (../shared/data)")
 def test_scores_real_iu_xray_reports_exactly_as_pycocoevalcap(tmp_path, cache_dir):
     test = json.loads(IU.read_text())["test"][:150]
@@ -63,6 +63,7 @@ def test_scores_real_iu_xray_reports_exactly_as_pycocoevalcap(tmp_path, cache_di
      "line 2: id 1 appears twice"),
     ("", "has no predictions"),
 ])
+@pytest.mark.slow
 def test_bad_predictions_file_names_the_line(tmp_path, cache_dir, content, message):
     f = tmp_path / "p.jsonl"
     f.write_text(content)

@@ -9,41 +9,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+from pydicom.dataset import Dataset
 
 from r2gen.data.datamodule import StudyDataset, image_transform
 from r2gen.data.images import dicom_to_uint8, image_problem, is_dicom, load_image
 
-from .conftest import SHARED_DATA
+from .conftest import RAMP, SHARED_DATA, write_dicom
 
 NIH_IMAGES = SHARED_DATA / "nih_cxr14_sample" / "images"
-RAMP = np.tile(np.linspace(0, 4095, 64).round().astype(np.uint16), (32, 1))  # [32, 64], the full 12-bit range
-
-
-def write_dicom(path: Path, pixels: np.ndarray, photometric: str = "MONOCHROME2", bits_stored: int = 12,
-                **tags) -> Path:
-    """A minimal valid DICOM file (Explicit VR Little Endian, 16 bits allocated); `pixels` [H, W] or [F, H, W]."""
-    meta = FileMetaDataset()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.PatientID = "CR", "anon"
-    if pixels.ndim == 3:
-        ds.NumberOfFrames = pixels.shape[0]
-    ds.Rows, ds.Columns = pixels.shape[-2:]
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits_stored, bits_stored - 1, 0
-    for k, v in tags.items():
-        setattr(ds, k, v)
-    ds.PixelData = pixels.astype(np.uint16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return path
-
-
 def test_full_12_bit_range_maps_onto_0_255(tmp_path):
     img = dicom_to_uint8(write_dicom(tmp_path / "a.dcm", RAMP))
     assert img.dtype == np.uint8 and img.shape == (32, 64)
@@ -83,7 +56,6 @@ def test_window_is_applied_after_rescale_slope_and_intercept(tmp_path):
 
 @pytest.mark.parametrize("bits", [8, 16])
 def test_voi_lut_sequence_is_applied_and_wins_over_a_window(tmp_path, bits):
-    from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence
 
     top = 2**bits - 1

@@ -21,8 +21,7 @@ from r2gen.data.clean import clean_report_iu_xray
 from r2gen.data.datamodule import ReportDataModule
 from r2gen.metrics import METRIC_NAMES
 
-from .conftest import SHARED_DATA, SMALL, read_jsonl, run_cli
-from .test_images import write_dicom
+from .conftest import SHARED_DATA, SMALL, read_jsonl, run_cli, write_dicom
 
 IU_ANNOTATION = SHARED_DATA / "iu_xray" / "annotation.json"
 SIZES = {"train": 24, "val": 6, "test": 6}
@@ -103,6 +102,7 @@ def broken_tree(tree, tmp_path_factory) -> Path:
     return broken
 
 
+@pytest.mark.slow
 def test_bad_images_fail_at_set_up_with_one_line(broken_tree, tree, tmp_path, cache_dir):
     _, ann = tree
     r = run_cli("train.py", "data=iu_xray", f"data.root={broken_tree}", *OVERRIDES, f"hydra.run.dir={tmp_path}",
@@ -115,6 +115,7 @@ def test_bad_images_fail_at_set_up_with_one_line(broken_tree, tree, tmp_path, ca
     assert not (tmp_path / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_skip_trains_without_the_bad_studies(broken_tree, tmp_path, cache_dir):
     # training only: no validation or test (and so no METEOR JVM), so no best checkpoint either
     r = run_cli("train.py", "data=iu_xray", f"data.root={broken_tree}", "data.on_bad_sample=skip", *OVERRIDES,

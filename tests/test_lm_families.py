@@ -6,12 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from r2gen.models.module import R2GenModule
-from r2gen.models.tiny_lm import build_causal_lm
 
-from .conftest import ROOT, SMALL
+from .conftest import FAMILIES, ROOT, SMALL_NO_BUILD, batch, build_family, lm_yaml, train_steps
 
 LM_DIR = ROOT / "conf" / "lm"
 LM_NAMES = sorted(p.stem for p in LM_DIR.glob("*.yaml"))
@@ -19,48 +17,6 @@ LM_NAMES = sorted(p.stem for p in LM_DIR.glob("*.yaml"))
 KEYS = {"name_or_path", "trust_remote_code", "dtype", "attn_implementation", "device_map", "gradient_checkpointing",
         "pad_token", "add_bos", "freeze", "lora", "prompt"}
 OPTIONAL = {"build", "unsupported"}
-# The demo shrink minus its lm.build.* entries, which only lm=tiny has.
-SMALL_NO_BUILD = [o for o in SMALL if not o.startswith("lm.build.")]
-
-TEXTS = ["the heart is enlarged .", "no pleural effusion .", "small left pneumothorax .", "the lungs are clear .",
-         "mild cardiomegaly without edema ."] * 8
-LLAMA_SPECIAL = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": None, "unk_token": "<unk>"}
-NEOX_SPECIAL = {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "pad_token": None, "unk_token": "<|endoftext|>"}
-DECODER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=256)
-GQA = dict(DECODER, num_key_value_heads=2)
-# Phi-3's chat template (an instruct model: its yaml wraps the prompt in it)
-PHI3_CHAT = ("{% for message in messages %}{{'<|' + message['role'] + '|>\\n' + message['content'] + '<|end|>\\n'}}"
-             "{% endfor %}{% if add_generation_prompt %}{{'<|assistant|>\\n'}}{% endif %}")
-
-# family -> (lm yaml whose settings it is tested with, model_type, tokenizer special tokens, extra tokens, config)
-FAMILIES = {
-    "llama": ("llama2-7b", "llama", LLAMA_SPECIAL, (), GQA),
-    "qwen2": ("qwen2-7b", "qwen2", {"bos_token": None, "eos_token": "<|endoftext|>", "pad_token": None,
-                                    "unk_token": None}, (), GQA),
-    "mistral": ("mistral-7b", "mistral", LLAMA_SPECIAL, (), GQA),
-    "stablelm": ("stablelm-3b", "stablelm", NEOX_SPECIAL, (), GQA),
-    "gpt_neox": ("pythia-70m", "gpt_neox", NEOX_SPECIAL, (), DECODER),
-    "gpt2": ("gpt2", "gpt2", NEOX_SPECIAL, (), dict(n_embd=32, n_layer=1, n_head=2, n_positions=256)),
-    "opt": ("opt-125m", "opt", {"bos_token": "</s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"},
-            (), dict(hidden_size=32, ffn_dim=64, num_hidden_layers=1, num_attention_heads=2, word_embed_proj_dim=32,
-                 max_position_embeddings=256)),
-    "bloom": ("bloom-560m", "bloom", {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>",
-                                      "unk_token": "<unk>"}, (), dict(hidden_size=32, n_layer=1, n_head=2)),
-    # Gemma scales its input embeddings by sqrt(hidden): the image tokens must go through get_input_embeddings()
-    "gemma": ("gemma-2b", "gemma", {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>",
-                                    "unk_token": "<unk>"}, (), dict(GQA, head_dim=16)),
-    "phi3": ("phi3-mini", "phi3", {"bos_token": "<s>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
-                                   "unk_token": "<unk>"}, ("<|user|>", "<|end|>", "<|assistant|>"), GQA),
-    # THUDM/glm-4-9b-hf is model_type glm; glm4 is the GLM-4-0414 architecture, which the same yaml settings fit
-    "glm": ("glm4-9b", "glm", {"bos_token": None, "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
-                               "unk_token": None}, ("[gMASK]", "<sop>"), dict(GQA, head_dim=16)),
-    "glm4": ("glm4-9b", "glm4", {"bos_token": None, "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
-                                 "unk_token": None}, ("[gMASK]", "<sop>"), dict(GQA, head_dim=16)),
-}
-
-
-def lm_yaml(name: str):
-    return OmegaConf.load(LM_DIR / f"{name}.yaml")
 
 
 # --- every yaml ------------------------------------------------------------------------------------------
@@ -93,20 +49,6 @@ def test_unsupported_backbone_fails_before_loading(make_cfg):
 
 
 # --- tiny random checkpoints of each family --------------------------------------------------------------
-def build_family(out_dir: Path, family: str) -> str:
-    """A tiny random checkpoint of `family` in `out_dir`, with the family's special tokens (and chat template)."""
-    name, model_type, special, extra, kw = FAMILIES[family]
-    path = build_causal_lm(out_dir, TEXTS, model_type=model_type, vocab_size=300, special=special,
-                           extra_tokens=extra, **kw)
-    if lm_yaml(name).prompt.template == "chat":  # an instruct model ships a chat template
-        from transformers import AutoTokenizer
-
-        tok = AutoTokenizer.from_pretrained(path)
-        tok.chat_template = PHI3_CHAT
-        tok.save_pretrained(path)
-    return str(path)
-
-
 @pytest.fixture(scope="module")
 def family_dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("families")
@@ -120,11 +62,6 @@ def family_dirs(tmp_path_factory):
     return get
 
 
-def batch(b=2, v=2, size=32):
-    return {"ids": [str(i) for i in range(b)], "images": torch.randn(b, v, 3, size, size),
-            "view_mask": torch.ones(b, v, dtype=torch.bool), "reports": TEXTS[:b]}
-
-
 def family_module(make_cfg, family_dirs, family: str, *overrides: str) -> R2GenModule:
     """The family's tiny checkpoint under its lm yaml; a frozen (big) backbone gets LoRA on the yaml's targets."""
     name = FAMILIES[family][0]
@@ -134,18 +71,6 @@ def family_module(make_cfg, family_dirs, family: str, *overrides: str) -> R2GenM
     return R2GenModule(cfg, lm_path=path)
 
 
-def train_steps(m: R2GenModule, b: dict, steps: int, lr: float) -> list[float]:
-    """`steps` AdamW steps of everything trainable on one batch; the losses."""
-    opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=lr)
-    m.train()
-    losses = []
-    for _ in range(steps):
-        loss = m(b)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    return losses
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))

@@ -83,6 +83,7 @@ def direct(hyps: list[str], refs: list[str], meteor: Meteor) -> tuple[dict[str, 
     return scores, {"Bleu_4": list(bleu_each[3]), "ROUGE_L": list(rouge_each), "CIDEr": list(cider_each)}
 
 
+@pytest.mark.slow
 def test_scores_equal_direct_pycocoevalcap():
     hyps, refs = corpus(30, seed=0)
     messy = [h.replace(" . ", " .\n", 1) + "  \t" for h in hyps]  # line breaks go; other whitespace is kept
@@ -159,6 +160,7 @@ def test_bad_inputs_raise():
         score_corpus([None], ["a"])
 
 
+@pytest.mark.slow
 def test_one_meteor_jvm_reused_and_closed():
     hyps, refs = corpus(8, seed=2)
     first = with_timeout(lambda: score_corpus(hyps, refs, metrics=("METEOR",)))
@@ -196,6 +198,7 @@ class FakeMeteor:
         type(self).closed += 1
 
 
+@pytest.mark.slow
 def test_meteor_restarts_after_close_and_after_a_failure(monkeypatch):
     close_meteor()
     monkeypatch.setattr(nlg, "_SharedMeteor", FakeMeteor)

@@ -46,6 +46,7 @@ def finite(path: Path) -> bool:
     return all(bool(torch.isfinite(v).all()) for v in sd.values() if v.is_floating_point())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how,what", [("loss", "the training loss is nan"), ("grad", "the gradients hold NaN/inf")])
 def test_nonfinite_training_stops_and_keeps_checkpoints(make_cfg, monkeypatch, how, what):
     cfg = make_cfg("trainer.max_epochs=3", "test_after_fit=false")
@@ -89,6 +90,7 @@ def test_fp16_mixed_leaves_inf_gradients_to_the_grad_scaler():
         guard.on_before_backward(fake_trainer("16-mixed"), None, torch.tensor(float("nan")))
 
 
+@pytest.mark.slow
 def test_divergence_is_one_line_from_the_command_line(tmp_path, cache_dir):
     lrs = ["optim.lr=1e30", "optim.encoder_lr=1e30", "optim.lm_lr=1e30", "optim.warmup_ratio=0"]  # really diverges
     r = run_cli("train.py", *SMALL, *lrs, f"hydra.run.dir={tmp_path / 'run'}", cache_dir=cache_dir)

@@ -11,7 +11,7 @@ from r2gen.checkpoint import load_weights, read_checkpoint
 from r2gen.models.module import R2GenModule
 from r2gen.models.tiny_lm import build_causal_lm
 
-from .test_lm_families import batch, train_steps
+from .conftest import batch, train_steps
 
 TEXTS = ["the heart is enlarged .", "no pleural effusion .", "small left pneumothorax .", "the lungs are clear ."] * 10
 QLORA = ["lm.freeze=true", "lm.lora.r=4", "align=shallow"]

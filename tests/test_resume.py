@@ -190,6 +190,7 @@ def test_ctrl_c_stops_cleanly_writes_last_ckpt_and_resumes_exactly(tmp_path, cac
     assert_same_run(expected, run)
 
 
+@pytest.mark.slow
 def test_ctrl_c_reaches_neither_the_meteor_jvm_nor_loader_workers():
     """A terminal sends Ctrl-C to the whole process group; the JVM that scores METEOR and the DataLoader workers
     ignore it (the main process stops cleanly by itself), so validation and data loading keep working."""
@@ -230,6 +231,7 @@ class Crash(pl.Callback):
             raise RuntimeError("simulated crash")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("grouped", [False, True], ids=["plain", "group_by_length"])
 def test_step_checkpoint_resumes_mid_epoch_exactly(tmp_path, cache_dir, uninterrupted, monkeypatch, recwarn, grouped):
     extra = ["data.group_by_length=true"] if grouped else []
@@ -335,6 +337,7 @@ def test_failed_checkpoint_write_keeps_previous_file(tmp_path, monkeypatch, wher
     assert sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"]  # no temporary file left
 
 
+@pytest.mark.slow
 def test_full_disk_during_training_keeps_last_good_checkpoints(make_cfg, monkeypatch):
     import r2gen.checkpoint_io as ckio
 
@@ -368,6 +371,7 @@ class _RunsCode:
         return (os.system, (f"touch {self.marker}",))
 
 
+@pytest.mark.slow
 def test_checkpoint_whose_pickle_runs_code_is_refused(tmp_path, make_cfg, cache_dir):
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.ckpt"

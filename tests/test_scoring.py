@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-from html.parser import HTMLParser
 
 import pytest
 
@@ -14,41 +13,13 @@ from r2gen.metrics import CHEXPERT_LABELS, score_corpus
 from r2gen.report_html import render
 from r2gen.results import format_table
 
-from .conftest import compose_cfg
+from .conftest import compose_cfg, parse_page
 
 REPORTS = ["heart size is mildly enlarged . small bilateral pleural effusions .",
            "the lungs are clear . no pneumothorax .",
            "right lower lobe pneumonia . the heart is normal in size . no effusion ."]
 
 
-class Page(HTMLParser):
-    """Collects what a test checks in report.html: study rows, image sources, every src/href."""
-
-    def __init__(self):
-        super().__init__()
-        self.rows, self.in_body, self.srcs = 0, False, []
-
-    def handle_starttag(self, tag, attrs):
-        a = dict(attrs)
-        self.in_body |= tag == "tbody"
-        self.rows += tag == "tr" and self.in_body
-        self.srcs += [v for k, v in attrs if k in ("src", "href")]
-        if tag == "img":
-            assert a["src"].startswith("data:image/jpeg;base64,")
-
-    def handle_endtag(self, tag):
-        self.in_body &= tag != "tbody"
-
-
-def parse_page(text: str) -> Page:
-    p = Page()
-    p.feed(text)
-    p.close()
-    assert not re.search(r"https?://", text), "report.html must work offline"
-    return p
-
-
-# ------------------------------------------------------------------------------------------ reference protocol
 def test_truncation_keeps_the_first_words_as_r2gen():
     # R2Gen: ids [0] + words + [0] cut to max_seq_length, decoded from index 1 -> max_seq_length - 1 words
     assert truncate_reference("a b c d e .", 3) == "a b c"

@@ -10,6 +10,7 @@ import torch
 from .conftest import ROOT, SMALL, run_cli
 
 
+@pytest.mark.slow
 def test_the_entry_point_returns_the_best_monitored_score(make_cfg):
     spec = importlib.util.spec_from_file_location("train_entry", ROOT / "train.py")
     entry = importlib.util.module_from_spec(spec)

@@ -14,8 +14,7 @@ from r2gen.models.lm import load_lm
 from r2gen.models.tiny_lm import train_tokenizer
 from r2gen.verify import VerifyError, run, verify
 
-from .conftest import ROOT, cli_env
-from .test_lm_families import FAMILIES, SMALL_NO_BUILD, TEXTS, build_family
+from .conftest import FAMILIES, ROOT, SMALL_NO_BUILD, TEXTS, build_family, cli_env
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +102,7 @@ def test_remote_code_is_never_run_unless_trusted(make_cfg, remote_dir):
         load_lm(cfg.lm)
 
 
+@pytest.mark.slow
 def test_remote_code_loads_when_trusted_in_a_fresh_process(remote_dir, tmp_path, cache_dir):
     env = {**cli_env(cache_dir), "HF_MODULES_CACHE": str(tmp_path / "modules")}  # transformers copies the code here
     proc = subprocess.run([sys.executable, "-m", "r2gen.verify", "lm=llama2-7b", f"lm.name_or_path={remote_dir}",
