@@ -90,7 +90,7 @@ def feature_cache_dir(cfg: DictConfig, encoder_mode: str, augment: bool) -> Path
 
 def trainer(cfg: DictConfig, with_callbacks: bool = True) -> pl.Trainer:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()] if with_callbacks else []
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()] if with_callbacks else False
+    loggers = [logger(name, c) for name, c in (cfg.get("logger") or {}).items()] if with_callbacks else False
     args = dict(cfg.trainer)
     strategy = args.get("strategy")
     if isinstance(strategy, DictConfig):  # a strategy with options (trainer=fsdp): `_target_` + its arguments
@@ -101,6 +101,19 @@ def trainer(cfg: DictConfig, with_callbacks: bool = True) -> pl.Trainer:
     plugins = list(args.pop("plugins", None) or []) + checkpoint_io_plugins(args.get("strategy"))
     return pl.Trainer(**args, callbacks=callbacks, logger=loggers, default_root_dir=cfg.paths.output_dir,
                       plugins=plugins or None)
+
+
+def logger(name: str, node: DictConfig):
+    """One `logger.<name>` entry, instantiated; a tracker whose package is missing names the extra to install."""
+    try:
+        return instantiate(node)
+    except Exception as e:  # Hydra wraps the constructor's error in an InstantiationException
+        missing = e if isinstance(e, ModuleNotFoundError) else e.__cause__
+        if not isinstance(missing, ModuleNotFoundError):
+            raise
+        raise ConfigError(f"logger.{name} ({node.get('_target_')}) needs a package that is not installed "
+                          f"({str(missing).splitlines()[0]}): pip install -e \".[{name}]\", or choose "
+                          f"logger=default") from None
 
 
 def checkpoint_io_plugins(strategy) -> list:
