@@ -45,6 +45,6 @@ def build_cache(cfg: DictConfig) -> dict[str, str]:
 
 
 if __name__ == "__main__":
-    from r2gen.cli import module_main
+    from r2gen.cli import cache_main
 
-    module_main(build_cache, "cache")
+    cache_main()

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from r2gen.models.module import R2GenModule
 
 FORMAT = 2
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+CONF_DIR = Path(__file__).resolve().parent / "conf"  # the package's Hydra configs
 # Keys an evaluation sets itself: how to score, where to write, on what hardware; never read from a checkpoint.
 EVAL_ONLY = {"ckpt", "predictions", "split", "shuffle_images", "task_name", "trainer", "paths", "hydra", "logger",
              "callbacks", "experiment", "seed", "ckpt_path", "test_after_fit", "eval"}

@@ -58,17 +58,50 @@ def one_line(e: BaseException) -> str:
     return text
 
 
-def module_main(fn: Callable[[DictConfig], object], task_name: str) -> None:
-    """`python -m r2gen.<tool> key=value ...`: compose the training config (same overrides as train.py) and run
-    `fn` on it with run_cli's error handling, in its own run folder `outputs/<task_name>/<date>/<time>`."""
+CONF_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "conf")  # the package's configs (r2gen/conf)
+
+
+def module_main(fn: Callable[[DictConfig], object], task_name: str | None = None, config_name: str = "config",
+                result: Callable[[DictConfig, object], object] | None = None):
+    """`python -m r2gen.<tool> key=value ...` and the `r2gen-*` console scripts: compose the package's config
+    (`config_name`: the training config, or `evaluate`; the same overrides as train.py) and run `fn` on it with
+    run_cli's error handling, in the run folder `outputs/<task_name>/<date>/<time>`. `result(cfg, fn's return)` is
+    what Hydra receives as the job's return value (a sweeper optimises it)."""
     import hydra
 
-    conf = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
+    @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name=config_name)
+    def main(cfg: DictConfig):
+        out = run_cli(fn, cfg)
+        return result(cfg, out) if result else None
 
-    @hydra.main(version_base="1.3", config_path=conf, config_name="config")
-    def main(cfg: DictConfig) -> None:
-        run_cli(fn, cfg)
-
-    if not any(a.startswith("task_name=") for a in sys.argv[1:]):
+    if task_name and not any(a.startswith("task_name=") for a in sys.argv[1:]):
         sys.argv.insert(1, f"task_name={task_name}")
-    main()
+    return main()
+
+
+def train_main():
+    """`r2gen-train key=value ...`: train.py for an installed r2gen, from any folder."""
+    from r2gen.train import monitored_score, train
+
+    return module_main(train, result=monitored_score)
+
+
+def evaluate_main():
+    """`r2gen-evaluate ckpt=... [key=value ...]`: evaluate.py for an installed r2gen."""
+    from r2gen.evaluate import evaluate
+
+    return module_main(evaluate, config_name="evaluate")
+
+
+def verify_main():
+    """`r2gen-verify lm=<name> ...`: python -m r2gen.verify."""
+    from r2gen.verify import run
+
+    return module_main(run, "verify")
+
+
+def cache_main():
+    """`r2gen-cache align=shallow ...`: python -m r2gen.cache."""
+    from r2gen.cache import build_cache
+
+    return module_main(build_cache, "cache")

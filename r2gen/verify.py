@@ -144,6 +144,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    from r2gen.cli import module_main
+    from r2gen.cli import verify_main
 
-    module_main(run, "verify")
+    verify_main()

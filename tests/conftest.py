@@ -27,7 +27,7 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, ge
 from r2gen.models.tiny_lm import build_causal_lm  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF = str(ROOT / "conf")
+CONF = str(ROOT / "r2gen" / "conf")
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 # A demo small enough for seconds: 32 px, a handful of studies, a 2-layer LM.
@@ -207,7 +207,7 @@ FAMILIES = {
 
 
 def lm_yaml(name: str):
-    return OmegaConf.load(ROOT / "conf" / "lm" / f"{name}.yaml")
+    return OmegaConf.load(ROOT / "r2gen" / "conf" / "lm" / f"{name}.yaml")
 
 
 def build_family(out_dir: Path, family: str) -> str:

@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 
 from .conftest import ROOT, compose_cfg
 
-EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
+EXPERIMENTS = sorted(p.stem for p in (ROOT / "r2gen" / "conf" / "experiment").glob("*.yaml"))
 
 
 def leaves(node, prefix=""):
@@ -22,7 +22,7 @@ def leaves(node, prefix=""):
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_an_experiment_composes_and_only_changes_existing_keys(name, tmp_path):
     cfg = compose_cfg("config", [f"experiment={name}", "data.root=/data/iu_xray"], tmp_path / "run", tmp_path / "cache")
-    own = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "experiment" / f"{name}.yaml"))
+    own = OmegaConf.to_container(OmegaConf.load(ROOT / "r2gen" / "conf" / "experiment" / f"{name}.yaml"))
     own.pop("defaults", None)
     for key in leaves(own):
         assert OmegaConf.select(cfg, key, default="<absent>") != "<absent>", key

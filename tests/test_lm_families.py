@@ -11,7 +11,7 @@ from r2gen.models.module import R2GenModule
 
 from .conftest import FAMILIES, ROOT, SMALL_NO_BUILD, batch, build_family, lm_yaml, train_steps
 
-LM_DIR = ROOT / "conf" / "lm"
+LM_DIR = ROOT / "r2gen" / "conf" / "lm"
 LM_NAMES = sorted(p.stem for p in LM_DIR.glob("*.yaml"))
 # Every lm yaml has these; `build` (a locally built recipe, lm=tiny) and `unsupported` (a known breakage) are optional.
 KEYS = {"name_or_path", "trust_remote_code", "dtype", "attn_implementation", "device_map", "gradient_checkpointing",
