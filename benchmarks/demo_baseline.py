@@ -20,8 +20,8 @@ from hydra import compose, initialize_config_dir
 from r2gen.build import prepare_data
 from r2gen.data.clean import get_cleaner
 from r2gen.data.datamodule import read_annotation
-from r2gen.evaluation import Scoring, score_records
-from r2gen.metrics import score_corpus
+from r2gen.scoring import score_corpus
+from r2gen.scoring.policy import Scoring, score_records
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 

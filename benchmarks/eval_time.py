@@ -18,8 +18,8 @@ from pathlib import Path
 
 from r2gen.data.clean import get_cleaner
 from r2gen.data.datamodule import read_annotation
-from r2gen.evaluation import Scoring, score_records
-from r2gen.metrics import METRIC_NAMES, close_meteor, score_corpus
+from r2gen.scoring import METRIC_NAMES, close_meteor, score_corpus
+from r2gen.scoring.policy import Scoring, score_records
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,6 +1,6 @@
 """Agreement of r2gen's rule-based CheXpert labeler with the human MeSH labels of IU-Xray (OpenI).
 
-Every report's findings + " " + impression is labelled with `r2gen.metrics.chexpert.label_report`; its MeSH major
+Every report's findings + " " + impression is labelled with `r2gen.scoring.chexpert.label_report`; its MeSH major
 terms (indexed by people, per report) are mapped to CheXpert labels with `mesh_to_chexpert` (`MESH_HEADS` and
 the rules next to it). Per label we print the MeSH support, the labeler's positives, precision, recall and F1
 with the labeler's UNCERTAIN counted as negative (the default CE policy) and the F1 with UNCERTAIN counted as
@@ -20,7 +20,7 @@ import json
 import time
 from pathlib import Path
 
-from r2gen.metrics.chexpert import CHEXPERT_LABELS, POSITIVE, UNCERTAIN, label_reports
+from r2gen.scoring.chexpert import CHEXPERT_LABELS, POSITIVE, UNCERTAIN, label_reports
 
 NF_RULE = "No Finding (MeSH rule)"
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "iu_xray" / "openi_reports.jsonl"

@@ -21,9 +21,9 @@ from r2gen.checkpoint import load_weights, read_checkpoint, run_config
 from r2gen.data.annotations import jsonl_objects
 from r2gen.data.clean import get_cleaner
 from r2gen.errors import ConfigError, InputError, MissingFileError
-from r2gen.evaluation import Scoring, score_records
 from r2gen.models.module import R2GenModule
-from r2gen.results import with_image_paths, write_results
+from r2gen.scoring.policy import Scoring, score_records
+from r2gen.scoring.results import with_image_paths, write_results
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from omegaconf import DictConfig, OmegaConf
 from r2gen import build, resume
 from r2gen.checkpoint import read_checkpoint
 from r2gen.models.module import R2GenModule
-from r2gen.results import with_image_paths, write_results
 from r2gen.run_folder import keep_earlier_checkpoints
+from r2gen.scoring.results import with_image_paths, write_results
 
 log = logging.getLogger(__name__)
 

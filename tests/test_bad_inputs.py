@@ -33,7 +33,7 @@ from r2gen.data.clean import get_cleaner
 from r2gen.data.images import image_problem, load_image
 from r2gen.errors import ConfigError, InputError, MissingFileError, UserError
 from r2gen.models.encoder import ImageEncoder, create_timm_model
-from r2gen.report_html import render
+from r2gen.scoring.report_html import render
 
 from .conftest import RAMP, SMALL, run_cli, snapshot, write_dicom
 

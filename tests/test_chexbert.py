@@ -7,9 +7,9 @@ from dataclasses import replace
 import pytest
 import torch
 
-from r2gen.evaluation import Scoring, score_records
-from r2gen.metrics.chexbert import CONDITIONS, BertLabeler, CheXbert
-from r2gen.metrics.chexpert import CHEXPERT_LABELS
+from r2gen.scoring.chexbert import CONDITIONS, BertLabeler, CheXbert
+from r2gen.scoring.chexpert import CHEXPERT_LABELS
+from r2gen.scoring.policy import Scoring, score_records
 
 WORDS = ["the", "heart", "is", "enlarged", "no", "effusion", "lungs", "are", "clear", "."]
 

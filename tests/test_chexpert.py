@@ -1,4 +1,4 @@
-"""The rule-based CheXpert labeler and the clinical-efficacy scores (r2gen.metrics.chexpert)."""
+"""The rule-based CheXpert labeler and the clinical-efficacy scores (r2gen.scoring.chexpert)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from r2gen.data.clean import clean_report_iu_xray
-from r2gen.metrics.chexpert import (
+from r2gen.scoring.chexpert import (
     CHEXPERT_LABELS,
     COMMON5,
     NEGATIVE,

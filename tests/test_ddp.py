@@ -7,7 +7,7 @@ import math
 import pytest
 
 from r2gen import build
-from r2gen.metrics import METRIC_NAMES
+from r2gen.scoring import METRIC_NAMES
 from r2gen.train import train
 
 from .conftest import SMALL, compose_cfg, read_jsonl, run_cli

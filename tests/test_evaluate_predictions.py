@@ -6,7 +6,7 @@ import random
 import pytest
 
 from r2gen.data.clean import clean_report_iu_xray
-from r2gen.metrics import METRIC_NAMES
+from r2gen.scoring import METRIC_NAMES
 
 from .conftest import SHARED_DATA, run_cli
 

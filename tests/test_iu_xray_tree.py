@@ -19,7 +19,7 @@ from PIL import Image
 
 from r2gen.data.clean import clean_report_iu_xray
 from r2gen.data.datamodule import ReportDataModule
-from r2gen.metrics import METRIC_NAMES
+from r2gen.scoring import METRIC_NAMES
 
 from .conftest import SHARED_DATA, SMALL, read_jsonl, run_cli, write_dicom
 

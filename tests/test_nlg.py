@@ -1,4 +1,4 @@
-"""r2gen.metrics.nlg: scores identical to pycocoevalcap called the R2Gen way, plus the guards it adds
+"""r2gen.scoring.nlg: scores identical to pycocoevalcap called the R2Gen way, plus the guards it adds
 (whitespace, empty texts, one METEOR JVM). Anything that talks to METEOR runs under a timeout, so a protocol
 regression fails the test instead of hanging CI."""
 
@@ -17,7 +17,7 @@ from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
 
-from r2gen.metrics import METRIC_NAMES, close_meteor, nlg, per_sample_scores, score_corpus
+from r2gen.scoring import METRIC_NAMES, close_meteor, nlg, per_sample_scores, score_corpus
 
 SENTENCES = [
     "the heart size is normal .", "the cardiomediastinal silhouette is within normal limits .",

@@ -197,7 +197,7 @@ def test_ctrl_c_reaches_neither_the_meteor_jvm_nor_loader_workers():
     from torch.utils.data import DataLoader
 
     from r2gen.data.resumable import worker_init
-    from r2gen.metrics import nlg
+    from r2gen.scoring import nlg
 
     meteor = nlg._SharedMeteor()
     try:

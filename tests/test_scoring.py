@@ -8,10 +8,10 @@ import re
 import pytest
 
 from r2gen.evaluate import evaluate
-from r2gen.evaluation import Scoring, score_records, truncate_reference
-from r2gen.metrics import CHEXPERT_LABELS, score_corpus
-from r2gen.report_html import render
-from r2gen.results import format_table
+from r2gen.scoring import CHEXPERT_LABELS, score_corpus
+from r2gen.scoring.policy import Scoring, score_records, truncate_reference
+from r2gen.scoring.report_html import render
+from r2gen.scoring.results import format_table
 
 from .conftest import compose_cfg, parse_page
 

@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from r2gen.data import synthetic
-from r2gen.data.synthetic import FINDINGS, finding_scores, generate_demo, label_report
+from r2gen.data.synthetic import FINDINGS, generate_demo
+from r2gen.scoring.demo_labeler import finding_scores, label_report
 
 SMALL = dict(n_train=40, n_val=8, n_test=8, image_size=64, seed=0)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from r2gen.metrics import METRIC_NAMES
+from r2gen.scoring import METRIC_NAMES
 from r2gen.train import train
 
 from .conftest import parse_page, read_jsonl, run_cli

@@ -4,7 +4,8 @@ Each study gets independent findings (cardiomegaly, left/right pleural effusion,
 left/right pneumothorax; about a third of studies are normal), a frontal (PA) and a lateral view drawn with numpy,
 and a short findings-style report from sentence templates. Everything a report says about a finding is visible in
 the images, so a model that looks can learn to name it and one that does not cannot: that is what the demo's
-finding F1 (`finding_scores`, labelling reports with the rule-based `label_report`) measures.
+finding F1 (`r2gen.scoring.demo_labeler.finding_scores`, labelling reports with its rule-based `label_report`)
+measures.
 
 Sides are always the PATIENT's. Radiological convention: a frontal view is displayed as if facing the patient, so
 the patient's LEFT is on the IMAGE RIGHT (+x below). Determinism: every study draws from its own
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import tempfile
 from functools import lru_cache
@@ -292,83 +292,6 @@ def _report(rng, f) -> str:
     if normal and rng.random() < 0.5:
         tail.append(_pick(rng, _NORMAL))
     return " ".join((body + tail)[:7])
-
-
-# ----------------------------------------------------------------------------------------------------- labeler
-_MENTIONS = {"pneumothorax": "pneumothorax", "pneumothoraces": "pneumothorax", "effusion": "effusion",
-             "effusions": "effusion", "opacity": "opacity", "opacities": "opacity", "opacification": "opacity",
-             "consolidation": "opacity", "consolidations": "opacity", "infiltrate": "opacity",
-             "infiltrates": "opacity", "cardiomegaly": "cardiomegaly"}
-_NEG = {"no", "not", "without", "negative", "free"}
-_STOP = {"but", "however", "although", "though", "whereas", "except"}
-_POST_NEG = re.compile(r"\b(absent|resolved|not (seen|identified|present|visualized|evident))\b")
-_SIDES = {"left": ("left",), "right": ("right",), "bilateral": ("left", "right"), "bilaterally": ("left", "right"),
-          "both": ("left", "right")}
-_HEART_WORDS = {"heart", "cardiac", "cardiomediastinal"}
-
-
-def label_report(text: str) -> dict[str, int]:
-    """{finding: 0/1} for every name in FINDINGS, from a demo-style report (raw or R2Gen-cleaned).
-
-    Per sentence (split on . ; ! ? and newlines): a mention after a negation cue (no/not/without/negative/free,
-    up to but/however/... or the sentence end) or followed by 'not seen'/'absent'/... before the next mention is
-    negative; cardiomegaly is 'cardiomegaly' or 'enlarged/enlargement' in a sentence about the heart ('heart size
-    is normal' mentions nothing). A mention's side comes from the nearest left/right/bilateral/both words
-    since the previous mention, else the first one after it; a positive mention with no side counts for both sides.
-    """
-    out = {k: 0 for k in FINDINGS}
-    for sentence in re.split(r"[.;!?\n]", text.lower()):
-        tokens = re.findall(r"[a-z]+", sentence)
-        heart = bool(_HEART_WORDS & set(tokens))
-        mentions = [(i, _MENTIONS.get(t) or "cardiomegaly") for i, t in enumerate(tokens)
-                    if t in _MENTIONS or (heart and t in ("enlarged", "enlargement"))]
-        negated, neg = [], False
-        for t in tokens:  # a cue negates up to the sentence end or a but/however
-            neg = (neg or t in _NEG) and t not in _STOP
-            negated.append(neg)
-        for j, (i, kind) in enumerate(mentions):
-            nxt = mentions[j + 1][0] if j + 1 < len(mentions) else len(tokens)
-            if negated[i] or _POST_NEG.search(" ".join(tokens[i + 1:nxt])):
-                continue
-            if kind == "cardiomegaly":
-                out[kind] = 1
-                continue
-            sides: set[str] = set()  # the nearest side words before it ("left and right" counts as one)
-            for t in reversed(tokens[mentions[j - 1][0] + 1 if j else 0:i]):
-                if t in _SIDES:
-                    sides.update(_SIDES[t])
-                elif sides and t not in ("and", "or"):
-                    break
-            if not sides:
-                after = [_SIDES[t] for t in tokens[i + 1:nxt] if t in _SIDES]
-                sides = set(after[0]) if after else {"left", "right"}
-            for s in sides:
-                out[f"{kind}_{s}"] = 1
-    return out
-
-
-def finding_scores(predictions: list[str], references_labels: list[dict[str, int]]) -> dict[str, float]:
-    """Finding F1 of generated reports: label each prediction with `label_report`, compare with the true labels.
-
-    Returns `finding_f1_macro` (mean of the per-finding F1s), `finding_f1_micro` (F1 of all findings' counts
-    pooled), `finding_acc_exact` (share of studies with every finding right) and `f1/<finding>` for each finding.
-    A finding with no positives in both predictions and truth has F1 1.0 (nothing to find, nothing wrongly found);
-    the same holds for the micro F1.
-    """
-    if len(predictions) != len(references_labels):
-        raise ValueError(f"{len(predictions)} predictions but {len(references_labels)} reference label sets")
-    if not predictions:
-        raise ValueError("finding_scores needs at least one prediction")
-    pred = np.array([[label_report(p)[k] for k in FINDINGS] for p in predictions], dtype=bool)
-    true = np.array([[int(r.get(k, 0)) for k in FINDINGS] for r in references_labels], dtype=bool)
-    tp, fp, fn = (pred & true).sum(0), (pred & ~true).sum(0), (~pred & true).sum(0)
-
-    def f1(tp, fp, fn) -> float:
-        return 1.0 if tp + fp + fn == 0 else float(2 * tp / (2 * tp + fp + fn))
-
-    per = {f"f1/{k}": f1(tp[i], fp[i], fn[i]) for i, k in enumerate(FINDINGS)}
-    return {"finding_f1_macro": float(np.mean(list(per.values()))), "finding_f1_micro": f1(tp.sum(), fp.sum(), fn.sum()),
-            "finding_acc_exact": float((pred == true).all(1).mean()), **per}
 
 
 # ----------------------------------------------------------------------------------------------------- writing

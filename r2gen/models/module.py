@@ -20,11 +20,11 @@ from torch import nn
 from r2gen.checkpoint import payload
 from r2gen.data.clean import get_cleaner
 from r2gen.errors import InputError
-from r2gen.evaluation import Scoring, score_records
 from r2gen.models.encoder import ImageEncoder
 from r2gen.models.lm import generation_config, load_lm, quantization_config
 from r2gen.models.prompt import Prompt, assemble
 from r2gen.models.trainable import apply_align, apply_lm_training, count_params
+from r2gen.scoring.policy import Scoring, score_records
 
 log = logging.getLogger(__name__)
 

@@ -86,20 +86,20 @@ class Scoring:
 
     @cached_property
     def _chexbert(self):
-        from r2gen.metrics.chexbert import CheXbert
+        from r2gen.scoring.chexbert import CheXbert
 
         return CheXbert(self.chexbert, self.chexbert_tokenizer)
 
     def raw_labels(self, texts: Sequence[str]) -> list[dict[str, int | None]]:
         """Per report, the labeler's own values: demo {finding: 0/1}; chexpert {label: 1/0/-1/None}."""
         if self.labeler == "demo":
-            from r2gen.data.synthetic import label_report
+            from r2gen.scoring.demo_labeler import label_report
 
             return [label_report(t) for t in texts]
         if self.labeler == "chexpert":
             if self.chexbert:
                 return self._chexbert.label(texts)
-            from r2gen.metrics.chexpert import label_reports
+            from r2gen.scoring.chexpert import label_reports
 
             return label_reports(texts)
         return [{} for _ in texts]
@@ -109,17 +109,17 @@ class Scoring:
         raw = self.raw_labels(texts)
         if self.labeler != "chexpert":
             return [{k: int(v or 0) for k, v in x.items()} for x in raw]
-        from r2gen.metrics.chexpert import to_binary
+        from r2gen.scoring.chexpert import to_binary
 
         return [to_binary(x, self.ce_uncertain) for x in raw]
 
     def labeler_scores(self, predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
         if self.labeler == "demo":
-            from r2gen.data.synthetic import finding_scores
+            from r2gen.scoring.demo_labeler import finding_scores
 
             return finding_scores(list(predictions), self.raw_labels(references))
         if self.labeler == "chexpert":
-            from r2gen.metrics.chexpert import ce_scores_from_labels
+            from r2gen.scoring.chexpert import ce_scores_from_labels
 
             return ce_scores_from_labels(self.raw_labels(predictions), self.raw_labels(references), self.ce_uncertain)
         return {}
@@ -129,7 +129,7 @@ def score_records(records: Sequence[dict[str, str]], scoring: Scoring | None = N
     """Corpus scores of `[{"id", "prediction", "reference"}]` (references already as `scoring.prepare` gives them),
     plus `score`, the weighted sum used to pick the best checkpoint (`monitor.weights`, e.g. 0.5*Bleu_4 +
     0.5*CIDEr as R2GenGPT)."""
-    from r2gen.metrics import score_corpus
+    from r2gen.scoring import score_corpus
 
     scoring = scoring or Scoring()
     preds = [r["prediction"] for r in records]

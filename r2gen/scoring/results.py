@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from r2gen.metrics import METRIC_NAMES
+from r2gen.scoring import METRIC_NAMES
 
 _SUMMARY = re.compile(r"ce_(precision|recall|f1)_(micro|macro|micro_5)")
 _PER_LABEL = re.compile(r"(?:ce_)?(precision|recall|f1)/(.+)")
@@ -61,7 +61,7 @@ def write_results(out_dir: str | Path, records: list[dict], scores: dict[str, fl
     """`out_dir/metrics.json` (scores at the top level, plus meta, the number of studies and, given the
     `Scoring`, the reference protocol and labeler), `out_dir/predictions.jsonl` (one `{"id", "prediction",
     "reference"}` per study, the reference as scored) and `out_dir/report.html` (the viewer)."""
-    from r2gen.report_html import write_report
+    from r2gen.scoring.report_html import write_report
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

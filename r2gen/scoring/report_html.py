@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from r2gen.metrics import per_sample_scores
+from r2gen.scoring import per_sample_scores
 
 STUDY_SCORES = ("Bleu_4", "ROUGE_L", "CIDEr")  # what per_sample_scores gives
 THUMB = 128  # thumbnail side in pixels

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from r2gen.errors import InputError, MissingFileError
-from r2gen.metrics.chexpert import NEGATIVE, POSITIVE, UNCERTAIN
+from r2gen.scoring.chexpert import NEGATIVE, POSITIVE, UNCERTAIN
 
 CONDITIONS = ("Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema", "Consolidation",
               "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion", "Pleural Other", "Fracture",
