@@ -21,17 +21,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from r2gen.checkpoint_io import load_untrusted
+from r2gen.conf import CONF_DIR
 from r2gen.errors import ConfigError, InputError, MissingFileError
 
 if TYPE_CHECKING:
     from r2gen.models.module import R2GenModule
 
 FORMAT = 2
-CONF_DIR = Path(__file__).resolve().parent / "conf"  # the package's Hydra configs
 # Keys an evaluation sets itself: how to score, where to write, on what hardware; never read from a checkpoint.
 EVAL_ONLY = {"ckpt", "predictions", "split", "shuffle_images", "task_name", "trainer", "paths", "hydra", "logger",
              "callbacks", "experiment", "seed", "ckpt_path", "test_after_fit", "eval"}
@@ -56,19 +56,7 @@ def read_checkpoint(path: str | Path | None) -> dict[str, Any]:
     p = Path(str(path)).expanduser()
     if not p.is_file():
         raise MissingFileError(f"ckpt={path}: no such file (train.py writes <run>/checkpoints/best.ckpt and last.ckpt)")
-    if p.stat().st_size == 0:
-        raise InputError(f"ckpt={path}: the file is empty (an interrupted copy?); use another checkpoint, e.g. "
-                         f"<run>/checkpoints/last.ckpt")
-    try:
-        ck = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - whatever the unpickler or zip reader says, the file is unusable
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        if "weights only" in str(e).lower() or "weights_only" in str(e):
-            raise InputError(f"ckpt={path}: refused: it holds Python objects that would run code when loaded "
-                             f"({first[:160]}); r2gen checkpoints hold only tensors and plain data, so this one "
-                             f"was not written by r2gen or was tampered with") from None
-        raise InputError(f"ckpt={path}: not a readable PyTorch checkpoint (truncated, or another kind of file: "
-                         f"{type(e).__name__}: {first[:160]}); use a complete .ckpt written by train.py") from None
+    ck = load_untrusted(p, "ckpt", mmap=True)  # train.py checks a resume checkpoint here before Lightning loads it
     if not isinstance(ck, dict) or not isinstance(ck.get("r2gen"), dict) or \
             "cfg" not in (ck.get("hyper_parameters") or {}):
         raise InputError(f"ckpt={path}: not an r2gen checkpoint (no r2gen config inside); pass a .ckpt written by "

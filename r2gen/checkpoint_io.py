@@ -109,14 +109,28 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def load_checkpoint(self, path, map_location: Any = lambda storage, loc: storage,
                         weights_only: bool | None = None) -> dict[str, Any]:
         """Always `weights_only=True`, whatever the caller asks: checkpoints are untrusted input."""
-        try:
+        if "://" in str(path):  # remote storage: Lightning's own (fsspec) reader, still weights-only
             return super().load_checkpoint(path, map_location=map_location, weights_only=True)
-        except FileNotFoundError:
-            raise
-        except Exception as e:  # noqa: BLE001 - the unpickler's refusal or a damaged file: either way unusable
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-            if "weights only" in str(e).lower() or "weights_only" in str(e):
-                raise InputError(f"ckpt_path={path}: refused: it holds Python objects that would run code when "
-                                 f"loaded ({first}); r2gen checkpoints hold only tensors and plain data") from None
-            raise InputError(f"ckpt_path={path}: not a readable checkpoint ({type(e).__name__}: {first}); use a "
-                             f"complete .ckpt written by train.py") from None
+        return load_untrusted(path, "ckpt_path", map_location)
+
+
+def load_untrusted(path, key: str, map_location: Any = "cpu", mmap: bool = False) -> dict[str, Any]:
+    """`torch.load(weights_only=True)` of a checkpoint the user named as `key`: a pickle that would run code is
+    refused before any of it runs; an empty, truncated or foreign file is one `InputError` naming it. `mmap`: map
+    the weights instead of reading them (a check that reads only the checkpoint's small parts stays cheap)."""
+    p = Path(str(path)).expanduser()
+    if p.is_file() and p.stat().st_size == 0:
+        raise InputError(f"{key}={path}: the file is empty (an interrupted copy?); use another checkpoint, e.g. "
+                         f"<run>/checkpoints/last.ckpt")
+    try:
+        return torch.load(p, map_location=map_location, weights_only=True, mmap=mmap)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the unpickler's refusal or a damaged file: either way unusable
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        if "weights only" in str(e).lower() or "weights_only" in str(e):
+            raise InputError(f"{key}={path}: refused: it holds Python objects that would run code when loaded "
+                             f"({first}); r2gen checkpoints hold only tensors and plain data, so this one was not "
+                             f"written by r2gen or was tampered with") from None
+        raise InputError(f"{key}={path}: not a readable PyTorch checkpoint (truncated, or another kind of file: "
+                         f"{type(e).__name__}: {first}); use a complete .ckpt written by train.py") from None

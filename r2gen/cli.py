@@ -58,9 +58,6 @@ def one_line(e: BaseException) -> str:
     return text
 
 
-CONF_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "conf")  # the package's configs (r2gen/conf)
-
-
 def module_main(fn: Callable[[DictConfig], object], task_name: str | None = None, config_name: str = "config",
                 result: Callable[[DictConfig, object], object] | None = None):
     """`python -m r2gen.<tool> key=value ...` and the `r2gen-*` console scripts: compose the package's config
@@ -69,7 +66,9 @@ def module_main(fn: Callable[[DictConfig], object], task_name: str | None = None
     what Hydra receives as the job's return value (a sweeper optimises it)."""
     import hydra
 
-    @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name=config_name)
+    from r2gen.conf import CONF_DIR
+
+    @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)
     def main(cfg: DictConfig):
         out = run_cli(fn, cfg)
         return result(cfg, out) if result else None

@@ -24,10 +24,11 @@ from omegaconf import DictConfig, OmegaConf, open_dict  # noqa: E402
 from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid  # noqa: E402
 
+from r2gen.conf import CONF_DIR  # noqa: E402
 from r2gen.models.tiny_lm import build_causal_lm  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF = str(ROOT / "r2gen" / "conf")
+CONF = str(CONF_DIR)
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 # A demo small enough for seconds: 32 px, a handful of studies, a 2-layer LM.
