@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -15,6 +16,7 @@ from omegaconf import DictConfig
 
 from r2gen.data.annotations import read_studies
 from r2gen.data.clean import get_cleaner
+from r2gen.data.collate import Collator, ReportTargets
 from r2gen.data.datamodule import ReportDataModule
 from r2gen.errors import ConfigError
 
@@ -52,7 +54,9 @@ def lm_path(cfg: DictConfig) -> str:
 
 
 def datamodule(cfg: DictConfig, model) -> ReportDataModule:
-    """The DataModule, with image size and normalisation from the encoder's timm data config."""
+    """The DataModule: image size and normalisation from the encoder's timm data config, a collator holding the
+    model's tokenizer (reports become target ids in the loader workers) and, for a frozen encoder fed
+    un-augmented images, its feature cache."""
     dc = model.encoder.data_config()
     size = cfg.data.image_size or dc["input_size"][-1]
     augment = cfg.data.augment
@@ -60,15 +64,14 @@ def datamodule(cfg: DictConfig, model) -> ReportDataModule:
         augment = model.encoder_mode != "frozen"
     elif not isinstance(augment, bool):
         raise ConfigError(f"data.augment={augment!r}: choose auto, true or false")
-    dm = ReportDataModule(cfg.data, size, dc["mean"], dc["std"], augment)
+    features = None
     cache_dir = feature_cache_dir(cfg, model.encoder_mode, augment)
     if cache_dir is not None:
         from r2gen.data.feature_cache import FeatureCache
 
-        dm.features = FeatureCache(model.encoder, cache_dir, cfg.data.eval_batch_size, cfg.data.num_workers)
-    max_tokens = cfg.data.max_report_tokens
-    dm.report_lengths = lambda reports: [len(t) for t in model.prompt.targets(reports, max_tokens)]
-    return dm
+        features = FeatureCache(model.encoder, cache_dir, cfg.data.eval_batch_size, cfg.data.num_workers)
+    collator = Collator(ReportTargets(model.tokenizer, cfg.data.max_report_tokens))
+    return ReportDataModule(cfg.data, size, dc["mean"], dc["std"], augment, collator, features)
 
 
 def feature_cache_dir(cfg: DictConfig, encoder_mode: str, augment: bool) -> Path | None:
@@ -88,8 +91,10 @@ def feature_cache_dir(cfg: DictConfig, encoder_mode: str, augment: bool) -> Path
     return Path(setting)
 
 
-def trainer(cfg: DictConfig, with_callbacks: bool = True) -> pl.Trainer:
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()] if with_callbacks else []
+def trainer(cfg: DictConfig, with_callbacks: bool = True, callbacks: Sequence[pl.Callback] = ()) -> pl.Trainer:
+    """The Trainer `cfg.trainer` describes, with `callbacks` (the run's own, e.g. r2gen.scoring.callback.Evaluation)
+    and, `with_callbacks`, the config's callbacks and loggers (a training run's; evaluate.py runs without)."""
+    callbacks = list(callbacks) + ([instantiate(c) for c in (cfg.get("callbacks") or {}).values()] if with_callbacks else [])
     loggers = [logger(name, c) for name, c in (cfg.get("logger") or {}).items()] if with_callbacks else False
     args = dict(cfg.trainer)
     strategy = args.get("strategy")

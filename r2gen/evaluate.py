@@ -22,8 +22,9 @@ from r2gen.data.annotations import jsonl_objects
 from r2gen.data.clean import get_cleaner
 from r2gen.errors import ConfigError, InputError, MissingFileError
 from r2gen.models.module import R2GenModule
+from r2gen.scoring.callback import Evaluation
 from r2gen.scoring.policy import Scoring, score_records
-from r2gen.scoring.results import with_image_paths, write_results
+from r2gen.scoring.results import write_results
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,7 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, A
     if cfg.split not in ("val", "test"):
         raise ConfigError(f"split={cfg.split!r}: choose val or test")
     run = run_config(cfg, ck, cli_overrides() if overrides is None else overrides, cfg.ckpt)
+    evaluation = Evaluation(Scoring.from_config(run))
     pl.seed_everything(cfg.seed, workers=True)
     out = build.output_dir(run)
 
@@ -97,14 +99,11 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, A
     dm.setup()
     if cfg.get("shuffle_images"):
         shuffle_images(dm.splits[cfg.split], cfg.seed)
-    trainer = build.trainer(run, with_callbacks=False)
+    evaluation.write_test_results(out, {
+        "split": cfg.split, "ckpt": str(cfg.ckpt), "data": run.data.name, "shuffle_images": bool(cfg.shuffle_images),
+        "generate": OmegaConf.to_container(run.generate, resolve=True),
+    }, dm.splits[cfg.split])
+    trainer = build.trainer(run, with_callbacks=False, callbacks=[evaluation])
     loader = dm.test_dataloader() if cfg.split == "test" else dm.val_dataloader()
     trainer.test(model, dataloaders=loader, verbose=False)
-    scores = {k.removeprefix("test/"): float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
-    if trainer.is_global_zero:
-        records = with_image_paths(model.eval_records, dm.splits[cfg.split])
-        write_results(out, records, scores, {
-            "split": cfg.split, "ckpt": str(cfg.ckpt), "data": run.data.name, "shuffle_images": bool(cfg.shuffle_images),
-            "generate": OmegaConf.to_container(run.generate, resolve=True),
-        }, model.scoring)
-    return scores
+    return evaluation.scores

@@ -13,7 +13,8 @@ from r2gen import build, resume
 from r2gen.checkpoint import read_checkpoint
 from r2gen.models.module import R2GenModule
 from r2gen.run_folder import keep_earlier_checkpoints
-from r2gen.scoring.results import with_image_paths, write_results
+from r2gen.scoring.callback import Evaluation
+from r2gen.scoring.policy import Scoring
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     pl.seed_everything(cfg.seed, workers=True)
     # fail now, with a clear message, not after the model is built
     resume_step = int(read_checkpoint(cfg.ckpt_path).get("global_step", 0)) if cfg.get("ckpt_path") else None
+    evaluation = Evaluation(Scoring.from_config(cfg))  # scores validation and the test; its config checked now
     out = build.output_dir(cfg)
     keep_earlier_checkpoints(out, cfg.get("ckpt_path"))
     OmegaConf.save(cfg, out / "config.yaml", resolve=True)
@@ -36,7 +38,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     build.prepare_data(cfg.data)
     model = R2GenModule(cfg, lm_path=build.lm_path(cfg))
     dm = build.datamodule(cfg, model)
-    trainer = build.trainer(cfg)
+    trainer = build.trainer(cfg, callbacks=[evaluation])
     if resume_step is not None:  # logs continue from the checkpoint instead of restarting or repeating
         resume.continue_logs(trainer, resume_step, cfg.ckpt_path, out)
     try:  # weights_only: a resumed checkpoint is read as data, never as code (also r2gen.checkpoint_io)
@@ -53,11 +55,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     if cfg.get("test_after_fit"):
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        evaluation.write_test_results(out / "test", {
+            "split": "test", "ckpt": best or "final weights", "data": cfg.data.name,
+            "generate": OmegaConf.to_container(cfg.generate, resolve=True)}, dm.splits["test"])
         trainer.test(model, datamodule=dm, ckpt_path=best or None)
-        scores = {k.removeprefix("test/"): float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
-        metrics.update({f"test/{k}": v for k, v in scores.items()})
-        if trainer.is_global_zero:
-            write_results(out / "test", with_image_paths(model.eval_records, dm.splits["test"]), scores,
-                          {"split": "test", "ckpt": best or "final weights", "data": cfg.data.name,
-                           "generate": OmegaConf.to_container(cfg.generate, resolve=True)}, model.scoring)
+        metrics.update({f"test/{k}": v for k, v in evaluation.scores.items()})
     return metrics

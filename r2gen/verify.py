@@ -19,6 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from r2gen import build
+from r2gen.data.collate import ReportTargets
 from r2gen.errors import UserError
 from r2gen.models.lm import generation_config, load_lm, quantization_config
 from r2gen.models.prompt import Prompt, assemble
@@ -100,8 +101,8 @@ def verify(cfg: DictConfig, lm_path: str | None = None, max_new_tokens: int = 8,
     mask = torch.tensor([[True] * 4, [True, True, False, False]], device=dev)
     with stage("running a forward and backward with labels"):
         model.train()
-        targets = prompt.targets(REPORTS, int(cfg.data.max_report_tokens))
-        inputs, attn, labels = assemble(embed, prompt, img, mask, targets, "right")
+        t = ReportTargets(tok, cfg.data.max_report_tokens).tensors(REPORTS)  # as the collator gives them
+        inputs, attn, labels = assemble(embed, prompt, img, mask, t["target_ids"], t["target_lengths"], "right")
         loss = model(inputs_embeds=inputs, attention_mask=attn, labels=labels).loss
         if loss is None or not torch.isfinite(loss):
             raise VerifyError(f"verify failed: the LM's loss is {loss}; try lm.dtype=float32 or bfloat16 (float16 overflows)")
@@ -116,7 +117,7 @@ def verify(cfg: DictConfig, lm_path: str | None = None, max_new_tokens: int = 8,
         gen.max_new_tokens = min(gen.max_new_tokens or max_new_tokens, max_new_tokens)
         gen.min_new_tokens = min(gen.min_new_tokens or 0, gen.max_new_tokens)
         with torch.no_grad():
-            inputs, attn = assemble(embed, prompt, img.detach(), mask, None, "left")
+            inputs, attn = assemble(embed, prompt, img.detach(), mask, padding_side="left")
             out = model.generate(inputs_embeds=inputs, attention_mask=attn, generation_config=gen)
         texts = tok.batch_decode(out, skip_special_tokens=True)  # new tokens only (inputs_embeds)
         if len(texts) != 2 * (gen.num_return_sequences or 1):

@@ -225,9 +225,13 @@ def build_family(out_dir: Path, family: str) -> str:
     return str(path)
 
 
-def batch(b=2, v=2, size=32):
+def batch(m, b=2, v=2, size=32):
+    """A training batch for model `m` as its DataLoader gives one: random images and the reports as `m`'s target ids."""
+    from r2gen.data.collate import ReportTargets
+
     return {"ids": [str(i) for i in range(b)], "images": torch.randn(b, v, 3, size, size),
-            "view_mask": torch.ones(b, v, dtype=torch.bool), "reports": TEXTS[:b]}
+            "view_mask": torch.ones(b, v, dtype=torch.bool), "reports": TEXTS[:b],
+            **ReportTargets(m.tokenizer, m.cfg.data.max_report_tokens).tensors(TEXTS[:b])}
 
 
 def train_steps(m: torch.nn.Module, b: dict, steps: int, lr: float) -> list[float]:

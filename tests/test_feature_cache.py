@@ -9,7 +9,6 @@ import pytorch_lightning as pl
 import torch
 
 from r2gen import build
-from r2gen.data.datamodule import collate
 from r2gen.models.encoder import ImageEncoder
 from r2gen.models.module import R2GenModule
 from r2gen.train import train
@@ -47,8 +46,8 @@ def test_cached_and_uncached_training_compute_the_same_loss(make_cfg):
     base = dm.splits["train"]
     cached = dm.features.dataset("train", base)
     idx = range(cfg.data.batch_size)
-    with_images = collate([base[i] for i in idx])
-    with_features = collate([cached[i] for i in idx])
+    with_images = dm.collator([base[i] for i in idx])  # as the training loader batches them
+    with_features = dm.collator([cached[i] for i in idx])
     assert "images" not in with_features and with_features["features"].shape[:2] == with_images["images"].shape[:2]
     model.train()
     losses, grads = [], []

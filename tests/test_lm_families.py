@@ -96,7 +96,7 @@ def test_family_trains_and_beam_generates(make_cfg, family_dirs, family):
         assert lm_trainable and all("lora_" in n for n in lm_trainable)
         assert any(t in n for n in lm_trainable for t in lm_cfg.lora.target_modules)
 
-    b = batch()
+    b = batch(m)
     losses = train_steps(m, b, steps=4, lr=3e-3)
     assert all(torch.isfinite(torch.tensor(losses))), losses
     assert losses[-1] < losses[0], losses
@@ -128,7 +128,7 @@ def test_gradient_checkpointing_gives_the_same_loss_and_grads(make_cfg, family_d
         assert base.is_activation_checkpointing is gc
         m.train()
         torch.manual_seed(1)  # same dropout masks in both runs
-        loss = m(batch())
+        loss = m(batch(m))
         loss.backward()
         runs.append((loss.detach(), m.lm_proj.weight.grad.clone(),
                      [p.grad.clone() for p in m.lm_model.parameters() if p.requires_grad]))

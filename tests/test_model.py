@@ -7,6 +7,8 @@ from omegaconf import open_dict
 from r2gen.models.module import R2GenModule
 from r2gen.models.tiny_lm import build_causal_lm
 
+from .conftest import batch
+
 TEXTS = ["the heart is enlarged .", "no pleural effusion .", "small left pneumothorax .", "the lungs are clear ."] * 10
 
 
@@ -21,17 +23,12 @@ def lm_dirs(tmp_path_factory):
     return out
 
 
-def batch(b=2, v=2, size=32):
-    return {"ids": [str(i) for i in range(b)], "images": torch.randn(b, v, 3, size, size),
-            "view_mask": torch.ones(b, v, dtype=torch.bool), "reports": ["the heart is enlarged .", "no pleural effusion ."][:b]}
-
-
 @pytest.mark.parametrize("hidden", [32, 48])
 def test_projection_sized_from_lm(make_cfg, lm_dirs, hidden):
     m = R2GenModule(make_cfg(), lm_path=lm_dirs[hidden])
     assert m.lm_proj.in_features == m.encoder.num_features == 512  # resnet10t
     assert m.lm_proj.out_features == hidden == m.lm_model.get_input_embeddings().embedding_dim
-    loss = m(batch())
+    loss = m(batch(m))
     assert torch.isfinite(loss)
 
 
@@ -45,7 +42,7 @@ def test_shallow_freezes_encoder_and_checkpoint_keeps_it_only_if_random(make_cfg
     assert trainable(m, "lm_proj") and trainable(m, "lm_model")  # lm.freeze=false in lm=tiny
     m.train()
     assert not m.encoder.training  # frozen encoder stays in eval mode (BatchNorm statistics fixed)
-    loss = m(batch())
+    loss = m(batch(m))
     loss.backward()
     assert all(p.grad is None for p in m.encoder.parameters())
     # random-init encoder cannot be rebuilt from config: the checkpoint must keep it
@@ -60,7 +57,7 @@ def test_delta_trains_only_encoder_lora(make_cfg, lm_dirs):
     names = trainable(m, "encoder")
     assert names and all("lora_" in n for n in names)
     assert not trainable(m, "lm_model")
-    m(batch()).backward()
+    m(batch(m)).backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in m.encoder.named_parameters() if "lora_" in n)
 
 
@@ -88,7 +85,7 @@ def test_generate_kwarg_checked_at_start(make_cfg, lm_dirs):
 
 def test_generate_returns_one_report_per_study(make_cfg, lm_dirs):
     m = R2GenModule(make_cfg("generate.num_beams=2", "generate.max_new_tokens=5"), lm_path=lm_dirs[32]).eval()
-    b = batch(b=2)
+    b = batch(m, b=2)
     b["view_mask"][1, 1] = False  # one study with a single view
     out = m.generate(b["images"], b["view_mask"])
     assert len(out) == 2 and all(isinstance(t, str) for t in out)

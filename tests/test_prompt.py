@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from r2gen.data.collate import ReportTargets
 from r2gen.models.prompt import IGNORE, Prompt, assemble
 from r2gen.models.tiny_lm import train_tokenizer
 
@@ -29,9 +30,11 @@ def test_labels_cover_only_report_and_eos(tok):
     p = Prompt(tok, "image <image> report", add_bos="auto")
     assert p.prefix[0] == tok.bos_token_id  # auto adds BOS when the tokenizer has one
     reports = ["the heart is enlarged .", "no pleural effusion . small left pneumothorax ."]
-    targets = p.targets(reports, max_tokens=64)
+    t = ReportTargets(tok, max_tokens=64).tensors(reports)  # what the collator puts in a batch
+    targets = [ids[:n].tolist() for ids, n in zip(t["target_ids"], t["target_lengths"], strict=True)]
     img = torch.randn(2, 3, 8)
-    inputs, mask, labels = assemble(embed_fn(len(tok)), p, img, torch.ones(2, 3, dtype=torch.bool), targets, "right")
+    inputs, mask, labels = assemble(embed_fn(len(tok)), p, img, torch.ones(2, 3, dtype=torch.bool),
+                                    t["target_ids"], t["target_lengths"], "right")
     n_ctx = len(p.prefix) + 3 + len(p.suffix)
     for i, r in enumerate(reports):
         want = tok(r, add_special_tokens=False).input_ids + [tok.eos_token_id]
@@ -50,8 +53,7 @@ def test_labels_cover_only_report_and_eos(tok):
 
 
 def test_truncation_keeps_eos(tok):
-    p = Prompt(tok, "<image> report")
-    (t,) = p.targets(["the heart is enlarged . no pleural effusion . small left pneumothorax ."], max_tokens=5)
+    (t,) = ReportTargets(tok, max_tokens=5)(["the heart is enlarged . no pleural effusion . small left pneumothorax ."])
     assert len(t) == 5 and t[-1] == tok.eos_token_id
 
 
@@ -59,7 +61,7 @@ def test_generation_inputs_are_left_padded_and_absent_views_dropped(tok):
     p = Prompt(tok, "image <image> report")
     img = torch.randn(2, 4, 8)  # 2 views x 2 tokens each (concat fusion)
     img_mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]], dtype=torch.bool)  # study 2 has one view
-    inputs, mask = assemble(embed_fn(len(tok)), p, img, img_mask, None, "left")
+    inputs, mask = assemble(embed_fn(len(tok)), p, img, img_mask, padding_side="left")
     full = len(p.prefix) + 4 + len(p.suffix)
     assert inputs.shape[1] == full
     assert mask[0].all()

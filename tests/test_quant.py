@@ -41,7 +41,7 @@ def test_quantized_lm_with_lora_trains_and_generates(make_cfg, llama_dir, quant,
     assert trainable and all("lora_" in n for n in trainable)  # k-bit preparation froze the rest
 
     before = lora_weights(m)
-    b = batch()
+    b = batch(m)
     losses = train_steps(m, b, steps=3, lr=1e-2)
     assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] != losses[0], losses
     after = lora_weights(m)
@@ -54,7 +54,7 @@ def test_quantized_lm_with_lora_trains_and_generates(make_cfg, llama_dir, quant,
 def test_4bit_checkpoint_keeps_adapters_and_rebuilds(make_cfg, llama_dir, tmp_path):
     m = R2GenModule(make_cfg("quant=4bit", *QLORA), lm_path=llama_dir)
     opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-2)
-    b = batch()
+    b = batch(m)
     for _ in range(2):
         loss = m(b)
         opt.zero_grad()

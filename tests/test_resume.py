@@ -240,8 +240,8 @@ def test_step_checkpoint_resumes_mid_epoch_exactly(tmp_path, cache_dir, uninterr
     steps = ["callbacks.resume.every_n_train_steps=2"]
     real_trainer = build.trainer
 
-    def crashing_trainer(cfg, with_callbacks=True):
-        trainer = real_trainer(cfg, with_callbacks)
+    def crashing_trainer(cfg, *args, **kwargs):
+        trainer = real_trainer(cfg, *args, **kwargs)
         trainer.callbacks.insert(0, Crash(STEPS_PER_EPOCH + 3))  # epoch 1, its third batch
         return trainer
 

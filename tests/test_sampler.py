@@ -56,7 +56,10 @@ def test_train_loader_groups_by_report_tokens(make_cfg):
     loader = dm.train_dataloader()
     assert isinstance(loader.batch_sampler, LengthGroupedBatchSampler)
     lengths = loader.batch_sampler.lengths
-    assert lengths == [len(t) for t in model.prompt.targets(dm.splits["train"].reports, cfg.data.max_report_tokens)]
+    tok = model.tokenizer  # the report's tokens, cut to max_report_tokens - 1, plus eos
+    want = [min(len(tok(r, add_special_tokens=False).input_ids), cfg.data.max_report_tokens - 1) + 1
+            for r in dm.splits["train"].reports]
+    assert lengths == want and len(set(want)) > 1
     assert not isinstance(dm.val_dataloader().batch_sampler, LengthGroupedBatchSampler)  # eval keeps its order
 
 

@@ -20,6 +20,7 @@ from torchvision import transforms as T
 from r2gen.data.annotations import SPLITS, read_annotation, read_studies  # noqa: F401 (read_annotation: re-export)
 from r2gen.data.checks import check_studies
 from r2gen.data.clean import get_cleaner
+from r2gen.data.collate import Collator
 from r2gen.data.images import load_image
 from r2gen.data.resumable import ResumableLoader, ResumableRandomSampler, SkippingBatchSampler, worker_init
 from r2gen.errors import InputError
@@ -40,6 +41,7 @@ class StudyDataset(Dataset):
     def __init__(self, entries: list[dict], image_dir: Path, transform, num_views: int, clean):
         self.entries, self.image_dir, self.transform, self.num_views = entries, image_dir, transform, num_views
         self.reports = [clean(e["report"]) for e in entries]
+        self.token_lengths: list[int] | None = None  # target tokens per study, for data.group_by_length
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -63,27 +65,21 @@ class StudyDataset(Dataset):
         return {"id": str(e["id"]), "images": images, "view_mask": mask, "report": self.reports[i]}
 
 
-def collate(batch: list[dict]) -> dict[str, Any]:
-    pixels = "features" if "features" in batch[0] else "images"  # a feature cache serves features instead
-    return {
-        "ids": [b["id"] for b in batch],
-        pixels: torch.stack([b[pixels] for b in batch]),  # images [B, V, 3, H, W] | features [B, V, L, C]
-        "view_mask": torch.stack([b["view_mask"] for b in batch]),  # [B, V]
-        "reports": [b["report"] for b in batch],
-    }
-
-
 class ReportDataModule(pl.LightningDataModule):
-    """`data.*` config + the encoder's input size and normalisation -> train/val/test loaders."""
+    """`data.*` config + the encoder's input size and normalisation -> train/val/test loaders.
 
-    def __init__(self, cfg, image_size: int, mean, std, augment: bool):
+    `collator` turns studies into batches (r2gen.data.collate; training needs one holding the LM's ReportTargets,
+    without one batches carry images and report strings only); `features`, a FeatureCache
+    (r2gen.data.feature_cache), serves a frozen encoder's stored outputs instead of images."""
+
+    def __init__(self, cfg, image_size: int, mean, std, augment: bool, collator: Collator | None = None,
+                 features=None):
         super().__init__()
         self.cfg = cfg
         self.image_size, self.mean, self.std, self.augment = image_size, tuple(mean), tuple(std), augment
+        self.collator, self.features = collator or Collator(), features
         self.clean = get_cleaner(cfg.clean)
         self.splits: dict[str, StudyDataset] = {}
-        self.features = None  # a FeatureCache (r2gen.data.feature_cache) when data.feature_cache is on
-        self.report_lengths = None  # reports -> token counts, for data.group_by_length (set by r2gen.build)
 
     def prepare_data(self) -> None:
         if self.cfg.get("demo"):  # the built-in synthetic set is generated on first use
@@ -99,6 +95,11 @@ class ReportDataModule(pl.LightningDataModule):
         for split in SPLITS:
             tf = image_transform(self.image_size, self.mean, self.std, self.augment and split == "train")
             self.splits[split] = StudyDataset(ann[split], image_dir, tf, self.cfg.num_views, self.clean)
+        if self.cfg.group_by_length:
+            if self.collator.targets is None:
+                raise ValueError("data.group_by_length needs a collator with the LM's ReportTargets")
+            train = self.splits["train"]
+            train.token_lengths = self.collator.targets.lengths(train.reports)
 
     def _source(self) -> str:
         files = [self.cfg.get(f"{s}_file") for s in SPLITS]
@@ -122,9 +123,8 @@ class ReportDataModule(pl.LightningDataModule):
             if self.cfg.group_by_length:
                 from r2gen.data.sampler import length_grouped
 
-                lengths = self.report_lengths(self.splits[split].reports)
-                batching = {"batch_sampler": length_grouped(ds, lengths, batch_size)}
-        return loader(ds, **batching, num_workers=n, collate_fn=collate, persistent_workers=n > 0,
+                batching = {"batch_sampler": length_grouped(ds, self.splits[split].token_lengths, batch_size)}
+        return loader(ds, **batching, num_workers=n, collate_fn=self.collator, persistent_workers=n > 0,
                       worker_init_fn=worker_init if n > 0 else None, pin_memory=torch.cuda.is_available())
 
     def train_dataloader(self) -> DataLoader:

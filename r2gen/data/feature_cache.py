@@ -151,7 +151,7 @@ class FeatureCache:
     @torch.inference_mode()
     def _build(self, path: Path, base, images: list[str]) -> None:
         row = {p: i for i, p in enumerate(images)}
-        from r2gen.data.datamodule import collate
+        from r2gen.data.collate import collate
 
         # its own generator: building the cache must not draw from the global RNG (the training shuffle's)
         loader = DataLoader(base, batch_size=self.batch_size, num_workers=self.num_workers, collate_fn=collate,

@@ -24,7 +24,6 @@ from r2gen.models.encoder import ImageEncoder
 from r2gen.models.lm import generation_config, load_lm, quantization_config
 from r2gen.models.prompt import Prompt, assemble
 from r2gen.models.trainable import apply_align, apply_lm_training, count_params
-from r2gen.scoring.policy import Scoring, score_records
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +51,10 @@ class R2GenModule(pl.LightningModule):
         self.gen_config = generation_config(self.lm_model, self.tokenizer,
                                             OmegaConf.to_container(cfg.generate, resolve=True))
         self.clean = get_cleaner(cfg.data.clean)
-        self.scoring = Scoring.from_config(cfg)  # checked now, not after the first validation epoch
 
         self.encoder_mode = apply_align(self.encoder, cfg.align)
         self.lm_model = apply_lm_training(self.lm_model, cfg.lm, quantized=quant is not None)
         self.train()  # from_pretrained leaves the LM in eval mode, and Lightning keeps the modes it finds
-        self._eval_records: list[dict[str, str]] = []
-        self.eval_records: list[dict[str, str]] = []  # last validation/test corpus, gathered (rank 0)
         c = count_params(self)
         rank_zero_info(
             "parameters: " + ", ".join(f"{k} {t:,}/{n:,} trainable" for k, (t, n) in c.items())
@@ -113,10 +109,11 @@ class R2GenModule(pl.LightningModule):
         return x.to(self.lm_model.get_input_embeddings().weight.dtype), mask
 
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
-        """Causal-LM loss of the reports given the images (or their cached features)."""
+        """Causal-LM loss of the reports (`target_ids`, `target_lengths`: r2gen.data.collate) given the images (or
+        their cached features)."""
         img, mask = self.encode_images(batch.get("images"), batch["view_mask"], batch.get("features"))
-        targets = self.prompt.targets(batch["reports"], self.cfg.data.max_report_tokens)
-        inputs, attn, labels = assemble(self.embed, self.prompt, img, mask, targets, "right")
+        inputs, attn, labels = assemble(self.embed, self.prompt, img, mask, batch["target_ids"],
+                                        batch["target_lengths"], "right")
         return self.lm_model(inputs_embeds=inputs, attention_mask=attn, labels=labels).loss
 
     @torch.no_grad()
@@ -124,7 +121,7 @@ class R2GenModule(pl.LightningModule):
                  features: torch.Tensor | None = None) -> list[str]:
         """Reports for a batch of studies (images, or cached `features`), cleaned with the data set's policy."""
         img, mask = self.encode_images(images, view_mask, features)
-        inputs, attn = assemble(self.embed, self.prompt, img, mask, None, "left")
+        inputs, attn = assemble(self.embed, self.prompt, img, mask, padding_side="left")
         out = self.lm_model.generate(inputs_embeds=inputs, attention_mask=attn, generation_config=self.gen_config)
         texts = self.tokenizer.batch_decode(out, skip_special_tokens=True)  # new tokens only (inputs_embeds)
         return [self.clean(t) for t in texts]
@@ -135,49 +132,12 @@ class R2GenModule(pl.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["ids"]))
         return loss
 
-    def validation_step(self, batch, batch_idx):
-        self._eval_step(batch)
+    def validation_step(self, batch, batch_idx) -> list[str]:
+        """The batch's generated reports; the evaluation callback (r2gen.scoring.callback) records and scores them."""
+        return self.generate(batch.get("images"), batch["view_mask"], batch.get("features"))
 
-    def test_step(self, batch, batch_idx):
-        self._eval_step(batch)
-
-    def _eval_step(self, batch) -> None:
-        preds = self.generate(batch.get("images"), batch["view_mask"], batch.get("features"))
-        self._eval_records += [{"id": i, "prediction": p, "reference": r}
-                               for i, p, r in zip(batch["ids"], preds, batch["reports"], strict=True)]
-
-    def on_validation_epoch_start(self) -> None:
-        self._eval_records = []
-
-    on_test_epoch_start = on_validation_epoch_start
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_scores("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_scores("test")
-
-    def _log_scores(self, split: str) -> None:
-        """Gather every rank's generations into one corpus, score it once on rank 0, share the scores."""
-        records = self._eval_records
-        if self.trainer.world_size > 1 and torch.distributed.is_initialized():
-            shards: list[Any] = [None] * self.trainer.world_size
-            torch.distributed.all_gather_object(shards, records)
-            seen: dict[str, dict] = {}
-            for r in (r for shard in shards for r in shard):  # the distributed sampler repeats studies to even out shards
-                seen.setdefault(r["id"], r)
-            records = list(seen.values())
-        records = self.scoring.prepare(records)  # references as scored (eval.references)
-        scores = [None]
-        if self.trainer.is_global_zero and records and not self.trainer.sanity_checking:
-            scores[0] = score_records(records, self.scoring)
-        if self.trainer.world_size > 1 and torch.distributed.is_initialized():
-            torch.distributed.broadcast_object_list(scores, src=0)
-        self.eval_records = records
-        if scores[0] is None:  # sanity check: generation works; scoring its untrained output tells nothing
-            return
-        for k, v in scores[0].items():
-            self.log(f"{split}/{k}", v, prog_bar=k in ("score", "Bleu_4", "CIDEr"), sync_dist=False)
+    def test_step(self, batch, batch_idx) -> list[str]:
+        return self.validation_step(batch, batch_idx)
 
     # --- optimisation --------------------------------------------------------------------------------
     def configure_optimizers(self):

@@ -40,47 +40,42 @@ class Prompt:
         enc = lambda s: tokenizer(s, add_special_tokens=False).input_ids if s else []  # noqa: E731
         self.prefix = ([tokenizer.bos_token_id] if add_bos else []) + enc(before)
         self.suffix = enc(after)
-        self.eos_id = tokenizer.eos_token_id
-        self.tokenizer = tokenizer
-
-    def targets(self, reports: list[str], max_tokens: int) -> list[list[int]]:
-        """Report token ids, truncated to `max_tokens`, each ending with eos."""
-        ids = self.tokenizer(reports, add_special_tokens=False).input_ids
-        return [r[: max_tokens - 1] + [self.eos_id] for r in ids]
 
 
 def assemble(embed: Callable[[torch.Tensor], torch.Tensor], prompt: Prompt, image_tokens: torch.Tensor,
-             image_mask: torch.Tensor, targets: list[list[int]] | None = None, padding_side: str = "right"):
+             image_mask: torch.Tensor, target_ids: torch.Tensor | None = None,
+             target_lengths: torch.Tensor | None = None, padding_side: str = "right"):
     """inputs_embeds [B, L, H], attention_mask [B, L] and (with targets) labels [B, L].
 
-    image_tokens: [B, T, H] already projected into the LM's embedding space; image_mask: [B, T] (absent views).
+    image_tokens: [B, T, H] already projected into the LM's embedding space; image_mask: [B, T] (absent views);
+    target_ids [B, R] / target_lengths [B]: the reports' token ids as the collator gives them
+    (r2gen.data.collate), study i's first target_lengths[i] ids are its report and eos.
     """
     device, dtype = image_tokens.device, image_tokens.dtype
-    b = image_tokens.shape[0]
+    b, h = image_tokens.shape[0], image_tokens.shape[-1]
     pre = embed(torch.tensor(prompt.prefix, dtype=torch.long, device=device)).to(dtype)  # [P, H]
-    tails = [prompt.suffix + (targets[i] if targets is not None else []) for i in range(b)]
-    width = max(len(t) for t in tails)
-    tail_ids = torch.tensor([t + [0] * (width - len(t)) for t in tails], dtype=torch.long, device=device)
-    tail_emb = embed(tail_ids).to(dtype)  # [B, S+R, H]
+    tail_ids = torch.tensor(prompt.suffix, dtype=torch.long, device=device).expand(b, -1)  # [B, S]
+    tail_lengths = [len(prompt.suffix)] * b
+    if target_ids is not None:  # the report follows the suffix: one embedding call for both
+        tail_ids = torch.cat([tail_ids, target_ids.to(device)], dim=1)  # [B, S+R]
+        tail_lengths = [len(prompt.suffix) + n for n in target_lengths.tolist()]
+    tail_emb = embed(tail_ids).to(dtype)  # [B, S(+R), H]
 
-    seqs, labels = [], []
+    seqs, n_ctx = [], []
     for i in range(b):
         img = image_tokens[i][image_mask[i]]  # [T_i, H]
-        seqs.append(torch.cat([pre, img, tail_emb[i, : len(tails[i])]]))
-        if targets is not None:
-            n_ctx = len(prompt.prefix) + img.shape[0] + len(prompt.suffix)
-            labels.append([IGNORE] * n_ctx + targets[i])
+        seqs.append(torch.cat([pre, img, tail_emb[i, : tail_lengths[i]]]))
+        n_ctx.append(len(prompt.prefix) + img.shape[0] + len(prompt.suffix))
 
     length = max(s.shape[0] for s in seqs)
-    h = image_tokens.shape[-1]
     inputs = image_tokens.new_zeros(b, length, h)
     mask = torch.zeros(b, length, dtype=torch.long, device=device)
     lab = torch.full((b, length), IGNORE, dtype=torch.long, device=device)
     for i, s in enumerate(seqs):
         n = s.shape[0]
-        sl = slice(0, n) if padding_side == "right" else slice(length - n, length)
-        inputs[i, sl] = s
-        mask[i, sl] = 1
-        if targets is not None:
-            lab[i, sl] = torch.tensor(labels[i], device=device)
-    return (inputs, mask, lab) if targets is not None else (inputs, mask)
+        start = 0 if padding_side == "right" else length - n
+        inputs[i, start : start + n] = s
+        mask[i, start : start + n] = 1
+        if target_ids is not None:  # only the report and its eos are learned; prompt and image are context
+            lab[i, start + n_ctx[i] : start + n] = tail_ids[i, len(prompt.suffix) : tail_lengths[i]]
+    return (inputs, mask, lab) if target_ids is not None else (inputs, mask)
