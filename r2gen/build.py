@@ -38,8 +38,16 @@ def lm_path(cfg: DictConfig) -> str:
     first use, with a tokenizer trained on this data set's cleaned training reports, into
     `<name_or_path>-<fingerprint>`. A `name_or_path` outside the cache folder is the user's own model (a folder or
     a hub id) and is loaded as given, so `lm.name_or_path=<dir>` works on top of any lm config.
+
+    An LM config with `convert` (lm=chatglm3-6b: `convert: chatglm3`) names a checkpoint whose hub code no longer
+    runs: it is converted once into a native folder under `paths.cache_dir/converted` (r2gen.convert), loaded from
+    there without remote code.
     """
     name = str(cfg.lm.name_or_path)
+    if cfg.lm.get("convert"):
+        from r2gen.convert import ensure_converted
+
+        return str(ensure_converted(cfg.lm.convert, name, Path(cfg.paths.cache_dir)))
     cache = Path(cfg.paths.cache_dir).resolve()
     if not cfg.lm.get("build") or not Path(name).resolve().is_relative_to(cache):
         return name

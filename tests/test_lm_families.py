@@ -13,10 +13,11 @@ from .conftest import FAMILIES, ROOT, SMALL_NO_BUILD, batch, build_family, lm_ya
 
 LM_DIR = ROOT / "r2gen" / "conf" / "lm"
 LM_NAMES = sorted(p.stem for p in LM_DIR.glob("*.yaml"))
-# Every lm yaml has these; `build` (a locally built recipe, lm=tiny) and `unsupported` (a known breakage) are optional.
+# Every lm yaml has these; `build` (a locally built recipe, lm=tiny), `convert` (a checkpoint converted to a native
+# architecture, lm=chatglm3-6b) and `unsupported` (a known breakage) are optional.
 KEYS = {"name_or_path", "trust_remote_code", "dtype", "attn_implementation", "device_map", "gradient_checkpointing",
         "pad_token", "add_bos", "freeze", "lora", "prompt"}
-OPTIONAL = {"build", "unsupported"}
+OPTIONAL = {"build", "unsupported", "convert"}
 
 
 # --- every yaml ------------------------------------------------------------------------------------------
@@ -31,9 +32,10 @@ def test_lm_yaml_composes_with_the_allowed_keys(make_cfg, name):
     assert isinstance(lm.trust_remote_code, bool) and isinstance(lm.freeze, bool)
     assert isinstance(lm.gradient_checkpointing, bool)
     assert lm.dtype in ("auto", "float32", "bfloat16", "float16")
-    assert lm.attn_implementation in ("sdpa", "eager", "flash_attention_2")
+    assert lm.attn_implementation in ("auto", "sdpa", "eager", "flash_attention_2")
+    assert lm.attn_implementation == "auto" or lm.trust_remote_code  # a fixed choice only for remote code
     assert lm.device_map is None
-    assert lm.pad_token in ("keep", "eos", "unk", "add") or isinstance(lm.pad_token, int)
+    assert lm.pad_token in ("auto", "keep", "eos", "unk", "add") or isinstance(lm.pad_token, int)
     assert lm.add_bos in ("auto", True, False)
     assert set(lm.lora) == {"r", "alpha", "dropout", "target_modules"} and lm.lora.r == 0
     assert list(lm.lora.target_modules) and all(isinstance(t, str) for t in lm.lora.target_modules)
@@ -44,8 +46,11 @@ def test_lm_yaml_composes_with_the_allowed_keys(make_cfg, name):
 
 
 def test_unsupported_backbone_fails_before_loading(make_cfg):
-    with pytest.raises(ValueError, match="lm=glm4-9b"):
-        R2GenModule(make_cfg("lm=chatglm3-6b", *SMALL_NO_BUILD, small=False))
+    # `lm.unsupported` marks a known breakage: loading stops with its advice before any download
+    cfg = make_cfg("lm=internlm2-7b", "+lm.unsupported='its code needs transformers 4: use lm=glm4-9b'",
+                   *SMALL_NO_BUILD, small=False)
+    with pytest.raises(ValueError, match="use lm=glm4-9b"):
+        R2GenModule(cfg)
 
 
 # --- tiny random checkpoints of each family --------------------------------------------------------------
@@ -79,8 +84,13 @@ def test_family_trains_and_beam_generates(make_cfg, family_dirs, family):
     name, _, special, _, _ = FAMILIES[family]
     tok, lm_cfg = m.tokenizer, lm_yaml(name)
 
-    # the pad policy of the yaml gave this tokenizer a pad token, and the model and its generation config agree
-    want_pad = {"eos": tok.eos_token_id, "unk": tok.unk_token_id}.get(lm_cfg.pad_token, tok.pad_token_id)
+    # the pad policy of the yaml gave this tokenizer a pad token, and the model and its generation config agree;
+    # auto: the family's own pad, else its unk (when not also eos/bos), else eos
+    policy = lm_cfg.pad_token
+    if policy == "auto":
+        own, unk = special["pad_token"], special["unk_token"]
+        policy = "keep" if own else "unk" if unk and unk not in (special["eos_token"], special["bos_token"]) else "eos"
+    want_pad = {"eos": tok.eos_token_id, "unk": tok.unk_token_id}.get(policy, tok.pad_token_id)
     assert tok.pad_token_id is not None and tok.pad_token_id == want_pad
     assert m.lm_model.config.pad_token_id == tok.pad_token_id == m.gen_config.pad_token_id
     if special["bos_token"] is None or lm_cfg.add_bos is False:

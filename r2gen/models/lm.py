@@ -7,18 +7,20 @@ Nothing here names a model family: what differs between families is said in `con
 from __future__ import annotations
 
 import copy
+import importlib.util
 import logging
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+from pytorch_lightning.utilities import rank_zero_info
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from r2gen.errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
 
-PAD_POLICIES = "keep, eos, unk, add or an integer token id"
+PAD_POLICIES = "auto, keep, eos, unk, add or an integer token id"
 
 
 def _remote_code_refused(e: ValueError, path: str) -> ConfigError | None:
@@ -45,10 +47,29 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
         raise (refused or e) from None
 
 
+def auto_pad_policy(tokenizer) -> str:
+    """What `lm.pad_token=auto` does with this tokenizer: keep its own pad token; else pad with unk when unk is a
+    token of its own (LLaMA, Mistral: R2GenGPT's choice); else with eos (Qwen2, GPT-2, NeoX, LLaMA-3). Padding is
+    masked and never learned, so an existing token serves; a new one is only added when there is none to reuse."""
+    if tokenizer.pad_token_id is not None:
+        return "keep"
+    if tokenizer.unk_token_id is not None and tokenizer.unk_token_id not in (tokenizer.eos_token_id,
+                                                                             tokenizer.bos_token_id):
+        return "unk"
+    return "eos" if tokenizer.eos_token_id is not None else "add"
+
+
 def apply_pad_policy(tokenizer, policy: Any) -> bool:
     """Give the tokenizer a pad token as `lm.pad_token` says. Returns True if a token was added (resize needed)."""
     if isinstance(policy, bool) or not isinstance(policy, (int, str)):
         raise ConfigError(f"lm.pad_token={policy!r}: choose {PAD_POLICIES}")
+    if policy == "auto":
+        chosen = auto_pad_policy(tokenizer)
+        added = apply_pad_policy(tokenizer, chosen)
+        why = {"keep": "the tokenizer's own pad token", "unk": "no pad token: padding with unk",
+               "eos": "no pad token (nor a separate unk): padding with eos", "add": "no pad, unk or eos token: added"}
+        rank_zero_info(f"lm.pad_token=auto: {why[chosen]} {tokenizer.pad_token!r} (id {tokenizer.pad_token_id})")
+        return added
     if isinstance(policy, int) or (isinstance(policy, str) and policy.isdigit()):
         pid = int(policy)
         if not 0 <= pid < len(tokenizer):
@@ -80,6 +101,31 @@ def _dtype(name: str | None):
     if not isinstance(dt, torch.dtype):
         raise ConfigError(f"lm.dtype={name!r}: choose auto, float32, bfloat16 or float16")
     return dt
+
+
+def auto_attention(setting: str | None, path: str, dtype: str | None, trust_remote_code: bool = False) -> str | None:
+    """The `attn_implementation` to load with. An explicit `lm.attn_implementation` is passed through (transformers
+    validates it against the architecture). `auto`: flash-attention 2 on a GPU when the flash-attn package is
+    installed, the architecture supports it and the weights are half precision; otherwise None, with which
+    transformers takes SDPA where the architecture has it and eager where it does not (e.g. Gemma-2)."""
+    if setting != "auto":
+        return setting or None
+    if not torch.cuda.is_available() or importlib.util.find_spec("flash_attn") is None:
+        return None
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError):  # the load itself will say what is wrong with the folder
+        return None
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    cls = MODEL_FOR_CAUSAL_LM_MAPPING.get(type(config), None)  # None for remote code: its own attention
+    resolved = _dtype(dtype)
+    if resolved == "auto":
+        resolved = getattr(config.get_text_config(), "dtype", None) or getattr(config, "torch_dtype", None)
+        resolved = getattr(torch, resolved) if isinstance(resolved, str) else resolved
+    if cls is not None and cls._supports_flash_attn and resolved in (torch.bfloat16, torch.float16):
+        return "flash_attention_2"
+    return None
 
 
 def quantization_config(quant_cfg, lm_cfg):
@@ -117,8 +163,9 @@ def load_lm(lm_cfg, quantization_config=None, path: str | None = None):
     if tokenizer.eos_token_id is None:
         raise InputError(f"the tokenizer of lm.name_or_path={path!r} has no eos token; reports need one")
     kwargs: dict[str, Any] = {"dtype": _dtype(lm_cfg.dtype), "trust_remote_code": bool(lm_cfg.trust_remote_code)}
-    if lm_cfg.get("attn_implementation"):
-        kwargs["attn_implementation"] = lm_cfg.attn_implementation
+    attention = auto_attention(lm_cfg.get("attn_implementation"), path, lm_cfg.dtype, bool(lm_cfg.trust_remote_code))
+    if attention:
+        kwargs["attn_implementation"] = attention
     if lm_cfg.get("device_map") is not None:
         kwargs["device_map"] = lm_cfg.device_map
     if quantization_config is not None:
@@ -129,6 +176,8 @@ def load_lm(lm_cfg, quantization_config=None, path: str | None = None):
         raise (_remote_code_refused(e, path) or e) from None
     if added:
         model.resize_token_embeddings(len(tokenizer))
+    if lm_cfg.get("attn_implementation") == "auto":
+        rank_zero_info(f"lm.attn_implementation=auto: {getattr(model.config, '_attn_implementation', None)}")
     model.config.pad_token_id = tokenizer.pad_token_id
     if model.generation_config is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
