@@ -1,6 +1,7 @@
 """The checkpoint contract: what an r2gen checkpoint holds, how an older one is read, and how a run is rebuilt
-from one with the user's overrides. Everything that rebuilds a model from a checkpoint (`evaluate.py`, ...) goes
-through here, so the format version, the migrations and the override rules live in one place.
+from one with the user's overrides. Everything that rebuilds a model from a checkpoint (`evaluate.py`, `predict.py`,
+...) goes through here (`rebuild`, then `load_model`), so the format version, the migrations and the override
+rules live in one place.
 
 A checkpoint (format 2) holds, besides Lightning's own state:
   * `state_dict`: only what the config cannot rebuild (`R2GenModule.persistent_keys`);
@@ -32,9 +33,10 @@ if TYPE_CHECKING:
     from r2gen.models.module import R2GenModule
 
 FORMAT = 2
-# Keys an evaluation sets itself: how to score, where to write, on what hardware; never read from a checkpoint.
+# Keys an evaluation or prediction sets itself: how to score, what to read and write, on what hardware; never read
+# from a checkpoint.
 EVAL_ONLY = {"ckpt", "predictions", "split", "shuffle_images", "task_name", "trainer", "paths", "hydra", "logger",
-             "callbacks", "experiment", "seed", "ckpt_path", "test_after_fit", "eval"}
+             "callbacks", "experiment", "seed", "ckpt_path", "test_after_fit", "eval", "input", "output", "labels"}
 # Format 1 checkpoints predate these keys; each value is the behaviour such a run had (not today's default).
 FORMAT_1_ADDED = {
     "data.format": "auto", "data.image_columns": ["image_path"], "data.on_bad_sample": "error",
@@ -122,6 +124,32 @@ def run_config(cfg: DictConfig, ck: dict[str, Any], overrides: list[str], ckpt: 
         raise InputError(f"ckpt={ckpt}: its config does not resolve with this r2gen and these overrides "
                          f"({str(e).splitlines()[0]}); set the key it names on the command line "
                          f"(key=value), or evaluate with the r2gen version that wrote it") from None
+
+
+def cli_overrides() -> list[str]:
+    """The `key=value` overrides given on the command line, when running under Hydra."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def rebuild(cfg: DictConfig, overrides: list[str] | None = None) -> tuple[dict[str, Any], DictConfig]:
+    """The checkpoint `cfg.ckpt` and the run it rebuilds (`run_config`) with `overrides` (default: the command
+    line's). Cheap: the weights are memory-mapped, no model is built yet."""
+    ck = read_checkpoint(None if OmegaConf.is_missing(cfg, "ckpt") else cfg.ckpt)
+    return ck, run_config(cfg, ck, cli_overrides() if overrides is None else overrides, cfg.ckpt)
+
+
+def load_model(run: DictConfig, ck: dict[str, Any]) -> R2GenModule:
+    """The model `run` describes, with the checkpoint's weights (the demo set is generated first when missing: a
+    locally built LM, lm=tiny, is found by its training reports)."""
+    from r2gen import build
+    from r2gen.models.module import R2GenModule
+
+    build.prepare_data(run.data)
+    model = R2GenModule(run, lm_path=build.lm_path(run))
+    load_weights(model, ck)
+    return model
 
 
 def load_weights(model: R2GenModule, ck: dict[str, Any]) -> None:

@@ -61,7 +61,7 @@ def one_line(e: BaseException) -> str:
 def module_main(fn: Callable[[DictConfig], object], task_name: str | None = None, config_name: str = "config",
                 result: Callable[[DictConfig, object], object] | None = None):
     """`python -m r2gen.<tool> key=value ...` and the `r2gen-*` console scripts: compose the package's config
-    (`config_name`: the training config, or `evaluate`; the same overrides as train.py) and run `fn` on it with
+    (`config_name`: the training config, `evaluate` or `predict`; the same overrides as train.py) and run `fn` on it with
     run_cli's error handling, in the run folder `outputs/<task_name>/<date>/<time>`. `result(cfg, fn's return)` is
     what Hydra receives as the job's return value (a sweeper optimises it)."""
     import hydra
@@ -90,6 +90,13 @@ def evaluate_main():
     from r2gen.evaluate import evaluate
 
     return module_main(evaluate, config_name="evaluate")
+
+
+def predict_main():
+    """`r2gen-predict ckpt=... input=... [output=...]`: predict.py for an installed r2gen."""
+    from r2gen.predict import predict
+
+    return module_main(predict, config_name="predict")
 
 
 def verify_main():

@@ -17,23 +17,15 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
 from r2gen import build
-from r2gen.checkpoint import load_weights, read_checkpoint, run_config
+from r2gen.checkpoint import load_model, rebuild
 from r2gen.data.annotations import jsonl_objects
 from r2gen.data.clean import get_cleaner
 from r2gen.errors import ConfigError, InputError, MissingFileError
-from r2gen.models.module import R2GenModule
 from r2gen.scoring.callback import Evaluation
 from r2gen.scoring.policy import Scoring, score_records
 from r2gen.scoring.results import write_results
 
 log = logging.getLogger(__name__)
-
-
-def cli_overrides() -> list[str]:
-    """The `key=value` overrides given on the command line, when running under Hydra."""
-    from hydra.core.hydra_config import HydraConfig
-
-    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
 def shuffle_images(dataset, seed: int) -> None:
@@ -84,17 +76,14 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, A
     predictions.jsonl and report.html into the run folder."""
     if cfg.get("predictions"):
         return score_predictions(cfg)
-    ck = read_checkpoint(None if OmegaConf.is_missing(cfg, "ckpt") else cfg.ckpt)
     if cfg.split not in ("val", "test"):
         raise ConfigError(f"split={cfg.split!r}: choose val or test")
-    run = run_config(cfg, ck, cli_overrides() if overrides is None else overrides, cfg.ckpt)
+    ck, run = rebuild(cfg, overrides)
     evaluation = Evaluation(Scoring.from_config(run))
     pl.seed_everything(cfg.seed, workers=True)
     out = build.output_dir(run)
 
-    build.prepare_data(run.data)
-    model = R2GenModule(run, lm_path=build.lm_path(run))
-    load_weights(model, ck)
+    model = load_model(run, ck)
     dm = build.datamodule(run, model)
     dm.setup()
     if cfg.get("shuffle_images"):

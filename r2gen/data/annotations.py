@@ -167,7 +167,7 @@ def read_table(path: str | Path, fmt: str, image_columns: list[str], split: str 
     need = ["id", "report", *image_columns] + ([] if split else ["split"])
     out: Studies = {s: [] for s in SPLITS}
     seen: dict[str, str] = {}  # id -> the line it was first seen on
-    for where, row in _rows(path, fmt):
+    for where, row in table_rows(path, fmt):
         missing = [c for c in need if c not in row]
         if missing:
             fix = " (set data.image_columns)" if set(missing) & set(image_columns) else ""
@@ -183,7 +183,7 @@ def read_table(path: str | Path, fmt: str, image_columns: list[str], split: str 
             raise InputError(f"{path} {where}: id {sid!r} appears twice (first on {seen[sid]}); study ids must be "
                              f"unique: remove or rename one")
         seen[sid] = where
-        images = [p for c in image_columns for p in _paths(row[c])]
+        images = [p for c in image_columns for p in cell_paths(row[c])]
         out[s].append({"id": sid, "report": "" if row["report"] is None else str(row["report"]),
                        "image_path": images, "split": s})
     if not seen:
@@ -193,7 +193,7 @@ def read_table(path: str | Path, fmt: str, image_columns: list[str], split: str 
     return out
 
 
-def _rows(path: Path, fmt: str):
+def table_rows(path: Path, fmt: str):
     """(`line n` / `row n`, row dict) for each row of the table."""
     if fmt == "csv":
         with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a BOM from Excel is not part of a name
@@ -238,7 +238,7 @@ def jsonl_objects(path: Path, name: str | None = None):
             raise _utf8_error(path, name) from None
 
 
-def _paths(cell) -> list[str]:
+def cell_paths(cell) -> list[str]:
     """An image cell: a list of paths (JSONL), or one string with paths joined by `;`; empty cells give none."""
     if cell is None:
         return []

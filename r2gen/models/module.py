@@ -30,9 +30,14 @@ log = logging.getLogger(__name__)
 
 class R2GenModule(pl.LightningModule):
     def __init__(self, cfg: DictConfig | dict, lm_path: str | None = None):
-        """`lm_path`: where the LM folder actually is, when it differs from `lm.name_or_path` (a locally built LM)."""
+        """`lm_path`: where the LM folder is; default `r2gen.build.lm_path(cfg)` (a locally built LM, lm=tiny, or a
+        converted one, lm.convert, lives in the cache, not at `lm.name_or_path`)."""
         super().__init__()
         cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
+        if lm_path is None:
+            from r2gen import build
+
+            lm_path = build.lm_path(cfg)
         self.save_hyperparameters({"cfg": OmegaConf.to_container(cfg, resolve=True)})
         self.cfg = cfg
         self.strict_loading = False  # checkpoints hold only what cannot be rebuilt; on_load_checkpoint checks it
@@ -137,6 +142,9 @@ class R2GenModule(pl.LightningModule):
         return self.generate(batch.get("images"), batch["view_mask"], batch.get("features"))
 
     def test_step(self, batch, batch_idx) -> list[str]:
+        return self.validation_step(batch, batch_idx)
+
+    def predict_step(self, batch, batch_idx) -> list[str]:
         return self.validation_step(batch, batch_idx)
 
     # --- optimisation --------------------------------------------------------------------------------
