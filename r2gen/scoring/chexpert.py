@@ -62,7 +62,7 @@ for Cardiomegaly, 0.94 for Pleural Effusion, 0.90 for Pneumothorax, 0.98 for No 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 CHEXPERT_LABELS: tuple[str, ...] = (
     "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Enlarged Cardiomediastinum", "Fracture",
@@ -256,19 +256,27 @@ def _clauses(text: str) -> list[str]:
     return out
 
 
+def mentions(text: str) -> Iterator[tuple[str, int, str, int, int]]:
+    """Every mention in one report, as `(label, value, clause, start, end)`: the observation, its value (1 / 0 /
+    -1), and where it sits in its clause (the text as the labeler normalised it). Normal statements are mentions
+    of value 0 spanning their match (pipeline steps 1-4)."""
+    for clause in _clauses(text or ""):
+        found = [(label, m.start(), m.end(), unc) for unc, table in ((False, _MENTION_RX), (True, _UNC_MENTION_RX))
+                 for label, rx in table.items() for m in rx.finditer(clause)]
+        spans = [(a, b) for _, a, b, _ in found]
+        for label, a, b, unc in found:
+            value = _classify(clause, a, b, spans)
+            yield label, UNCERTAIN if unc and value == POSITIVE else value, clause, a, b
+        for label, rx in _NORMAL_RX.items():
+            if m := rx.search(clause):
+                yield label, NEGATIVE, clause, m.start(), m.end()
+
+
 def label_report(text: str) -> dict[str, int | None]:
     """One report -> {label: 1 (positive) / 0 (negative) / -1 (uncertain) / None (not mentioned)}."""
     found: dict[str, list[int]] = {}
-    for clause in _clauses(text or ""):
-        mentions = [(label, m.start(), m.end(), unc) for unc, table in ((False, _MENTION_RX), (True, _UNC_MENTION_RX))
-                    for label, rx in table.items() for m in rx.finditer(clause)]
-        spans = [(a, b) for _, a, b, _ in mentions]
-        for label, a, b, unc in mentions:
-            value = _classify(clause, a, b, spans)
-            found.setdefault(label, []).append(UNCERTAIN if unc and value == POSITIVE else value)
-        for label, rx in _NORMAL_RX.items():
-            if rx.search(clause):
-                found.setdefault(label, []).append(NEGATIVE)
+    for label, value, *_ in mentions(text):
+        found.setdefault(label, []).append(value)
     labels: dict[str, int | None] = dict.fromkeys(CHEXPERT_LABELS)
     for label, values in found.items():
         labels[label] = POSITIVE if POSITIVE in values else UNCERTAIN if UNCERTAIN in values else NEGATIVE

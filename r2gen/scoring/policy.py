@@ -118,10 +118,12 @@ class Scoring:
             from r2gen.scoring.demo_labeler import finding_scores
 
             return finding_scores(list(predictions), self.raw_labels(references))
-        if self.labeler == "chexpert":
+        if self.labeler == "chexpert":  # CE scores, and whether sided findings are on the reference's side
             from r2gen.scoring.chexpert import ce_scores_from_labels
+            from r2gen.scoring.laterality import laterality_scores
 
-            return ce_scores_from_labels(self.raw_labels(predictions), self.raw_labels(references), self.ce_uncertain)
+            return {**ce_scores_from_labels(self.raw_labels(predictions), self.raw_labels(references), self.ce_uncertain),
+                    **laterality_scores(predictions, references)}
         return {}
 
 

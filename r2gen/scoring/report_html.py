@@ -95,12 +95,23 @@ def _bars(f1: dict[str, float], w: int = 420) -> str:
     return f'<svg width="{w}" height="{h}" role="img"><text x="{w / 2}" y="15" text-anchor="middle">F1 per label</text>{bars}</svg>'
 
 
-def _chips(pred: dict[str, int], ref: dict[str, int]) -> tuple[int, str]:
+def _chips(pred: dict[str, int], ref: dict[str, int], sides: Sequence[tuple[str, str, str]] = ()) -> tuple[int, str]:
+    """Label disagreements, and `sides`: (observation, generated side, reference side) where both differ."""
     fp = [k for k in ref if pred.get(k) and not ref[k]]
     fn = [k for k in ref if ref[k] and not pred.get(k)]
     chips = "".join(f'<span class="chip fp" title="in the generated report only">+{_esc(k)}</span>' for k in fp)
     chips += "".join(f'<span class="chip fn" title="in the reference only">&minus;{_esc(k)}</span>' for k in fn)
-    return len(fp) + len(fn), chips or '<span class="none">agree</span>'
+    chips += "".join(f'<span class="chip fp" title="generated side vs the reference\'s">&#8646;{_esc(k)}: '
+                     f'{_esc(g)} vs {_esc(r)}</span>' for k, g, r in sides)
+    return len(fp) + len(fn) + len(sides), chips or '<span class="none">agree</span>'
+
+
+def _side_errors(pred: str, ref: str) -> list[tuple[str, str, str]]:
+    """Sided observations both reports state with different sides (r2gen.scoring.laterality)."""
+    from r2gen.scoring.laterality import report_sides
+
+    p, r = report_sides(pred), report_sides(ref)
+    return [(k, p[k], r[k]) for k in r if k in p and p[k] != r[k]]
 
 
 def render(records: Sequence[dict], scores: dict[str, float], meta: dict[str, Any], scoring=None) -> str:
@@ -123,14 +134,16 @@ def render(records: Sequence[dict], scores: dict[str, float], meta: dict[str, An
                  (r["prediction"], _esc(r["prediction"])), (r["reference"], _esc(r["reference"]))]
         cells += [(f"{per[i][k]:.6f}", f"{per[i][k]:.3f}") for k in STUDY_SCORES]
         if labeled:
-            cells.append(_chips(plabels[i], rlabels[i]))
+            sides = _side_errors(r["prediction"], r["reference"]) if scoring.labeler == "chexpert" else []
+            cells.append(_chips(plabels[i], rlabels[i], sides))
         tds = "".join(f'<td data-v="{_esc(v)}"{" class=txt" if j in (3, 4) else ""}>{shown}</td>'
                       for j, (v, shown) in enumerate(cells))
         rows.append(f"<tr>{tds}</tr>")
     info = "".join(f"<tr><td>{_esc(k)}</td><td>{_esc(json.dumps(v) if isinstance(v, dict) else v)}</td></tr>"
                    for k, v in meta.items())
     legend = ('<p><span class="chip fp">+label</span> the labeler finds it in the generated report only; '
-              '<span class="chip fn">&minus;label</span> in the reference only.</p>' if labeled else "")
+              '<span class="chip fn">&minus;label</span> in the reference only; <span class="chip fp">&#8646;label: '
+              'left vs right</span> stated on another side than in the reference.</p>' if labeled else "")
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>r2gen report: {_esc(meta.get('split', ''))}"
             f"</title><style>{CSS}</style></head><body><h1>r2gen evaluation: {len(records)} studies</h1>"
             f"<table class='meta'>{info}</table><h2>Corpus scores</h2><table>{summary}</table>"
