@@ -21,6 +21,7 @@ from r2gen.checkpoint import load_model, rebuild
 from r2gen.data.annotations import jsonl_objects
 from r2gen.data.clean import get_cleaner
 from r2gen.errors import ConfigError, InputError, MissingFileError
+from r2gen.provenance import write_provenance
 from r2gen.scoring.callback import Evaluation
 from r2gen.scoring.policy import Scoring, score_records
 from r2gen.scoring.results import write_results
@@ -84,6 +85,7 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, A
     out = build.output_dir(run)
 
     model = load_model(run, ck)
+    write_provenance(out, run, ckpt=str(cfg.ckpt), split=cfg.split)
     dm = build.datamodule(run, model)
     dm.setup()
     if cfg.get("shuffle_images"):

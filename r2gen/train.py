@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from r2gen import build, resume
 from r2gen.checkpoint import read_checkpoint
 from r2gen.models.module import R2GenModule
+from r2gen.provenance import write_provenance
 from r2gen.run_folder import keep_earlier_checkpoints
 from r2gen.scoring.callback import Evaluation
 from r2gen.scoring.policy import Scoring
@@ -36,6 +37,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     OmegaConf.save(cfg, out / "config.yaml", resolve=True)
 
     build.prepare_data(cfg.data)
+    write_provenance(out, cfg)  # seed, commit, versions, annotation hash: what reproduces this run
     model = R2GenModule(cfg, lm_path=build.lm_path(cfg))
     dm = build.datamodule(cfg, model)
     trainer = build.trainer(cfg, callbacks=[evaluation])
