@@ -79,7 +79,12 @@ def datamodule(cfg: DictConfig, model) -> ReportDataModule:
 
         features = FeatureCache(model.encoder, cache_dir, cfg.data.eval_batch_size, cfg.data.num_workers)
     collator = Collator(ReportTargets(model.tokenizer, cfg.data.max_report_tokens))
-    return ReportDataModule(cfg.data, size, dc["mean"], dc["std"], augment, collator, features)
+    labels = None
+    if model.finding_head is not None:  # data.finding_loss: the labeler's findings of each training report
+        from r2gen.scoring.policy import Scoring
+
+        labels = Scoring.from_config(cfg).label_matrix
+    return ReportDataModule(cfg.data, size, dc["mean"], dc["std"], augment, collator, features, labels)
 
 
 def feature_cache_dir(cfg: DictConfig, encoder_mode: str, augment: bool) -> Path | None:

@@ -3,11 +3,13 @@ from one with the user's overrides. Everything that rebuilds a model from a chec
 ...) goes through here (`rebuild`, then `load_model`), so the format version, the migrations and the override
 rules live in one place.
 
-A checkpoint (format 2) holds, besides Lightning's own state:
+A checkpoint (format 3) holds, besides Lightning's own state:
   * `state_dict`: only what the config cannot rebuild (`R2GenModule.persistent_keys`);
   * `r2gen.config`: the run's config as composed, interpolations kept (`annotation: ${.root}/annotation.json`),
     so that `data.root=/moved` moves the annotation and image folder with it;
   * `hyper_parameters.cfg`: the same config resolved, as the run saw it.
+Older formats are migrated when read: format 1 kept only the resolved config; formats 1 and 2 lack keys added since
+(`FORMAT_1_ADDED`, `FORMAT_2_ADDED`), which get the value that reproduces how those runs behaved.
 
 Overrides mean what they mean to `train.py`: a group (`data=iu_xray`, `generate=greedy`, `lm=...`) replaces that
 group as a whole; a dotted key (`data.root=...`) changes one value; `~key` deletes one. How to score (`eval.*`),
@@ -32,7 +34,7 @@ from r2gen.errors import ConfigError, InputError, MissingFileError
 if TYPE_CHECKING:
     from r2gen.models.module import R2GenModule
 
-FORMAT = 2
+FORMAT = 3
 # Keys an evaluation or prediction sets itself: how to score, what to read and write, on what hardware; never read
 # from a checkpoint.
 EVAL_ONLY = {"ckpt", "predictions", "split", "shuffle_images", "task_name", "trainer", "paths", "hydra", "logger",
@@ -44,6 +46,8 @@ FORMAT_1_ADDED = {
     "encoder.kwargs": {}, "encoder.gradient_checkpointing": False, "quant": {},
     "lm.gradient_checkpointing": False, "lm.device_map": None, "lm.unsupported": None,
 }
+# Format 2 checkpoints predate these keys (format 3: the auxiliary finding loss).
+FORMAT_2_ADDED = {"data.finding_loss": 0.0}
 
 
 def payload(module: R2GenModule, keys: set[str]) -> dict[str, Any]:
@@ -69,16 +73,24 @@ def read_checkpoint(path: str | Path | None) -> dict[str, Any]:
                          f"{FORMAT}); upgrade r2gen")
     if fmt < 2:
         ck["r2gen"] = {**ck["r2gen"], "format": 2, "config": _from_format_1(ck["hyper_parameters"]["cfg"])}
+    if ck["r2gen"]["format"] < 3:
+        ck["r2gen"] = {**ck["r2gen"], "format": 3, "config": _add_keys(ck["r2gen"]["config"], FORMAT_2_ADDED)}
     return ck
+
+
+def _add_keys(cfg: dict[str, Any], added: dict[str, Any]) -> dict[str, Any]:
+    """`cfg` with each key of `added` that it lacks set to the value that reproduces how the older run behaved."""
+    run = OmegaConf.create(cfg)
+    for key, value in added.items():
+        if OmegaConf.select(run, key, default="<absent>") == "<absent>":
+            OmegaConf.update(run, key, value, force_add=True)
+    return OmegaConf.to_container(run, resolve=False)
 
 
 def _from_format_1(cfg: dict[str, Any]) -> dict[str, Any]:
     """A format 1 checkpoint kept only the resolved config: add the keys it predates, and tie the annotation and
     image folder back to `data.root` where they were derived from it, so `data.root=...` moves them again."""
-    run = OmegaConf.create(cfg)
-    for key, value in FORMAT_1_ADDED.items():
-        if OmegaConf.select(run, key, default="<absent>") == "<absent>":
-            OmegaConf.update(run, key, value, force_add=True)
+    run = OmegaConf.create(_add_keys(cfg, FORMAT_1_ADDED))
     data = run.get("data") or {}
     root = data.get("root")
     if root is not None:

@@ -20,8 +20,9 @@ def test_default_demo_learns_from_the_images(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     m = json.loads((run / "test" / "metrics.json").read_text())
     assert m["n_studies"] == 300
-    assert m["finding_f1_macro"] > CONSTANT_BEST_F1 + 0.5, m
-    assert m["CIDEr"] > CONSTANT_BEST_CIDER + 0.2, m
+    assert m["finding_f1_macro"] > CONSTANT_BEST_F1 + 0.65, m  # README: 0.90 and more on three seeds
+    assert m["CIDEr"] > CONSTANT_BEST_CIDER + 0.4, m
+    assert min(v for k, v in m.items() if k.startswith("f1/")) > 0.7, m  # every finding, left and right
 
     # the same checkpoint with every study given another study's images: the findings are no longer named
     r = run_cli("evaluate.py", f"ckpt={run}/checkpoints/best.ckpt", "shuffle_images=true",
@@ -30,4 +31,4 @@ def test_default_demo_learns_from_the_images(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     shuffled = json.loads((tmp_path / "shuffled" / "metrics.json").read_text())
     assert shuffled["shuffle_images"] is True
-    assert shuffled["finding_f1_macro"] < m["finding_f1_macro"] - 0.4, (shuffled, m)
+    assert shuffled["finding_f1_macro"] < 0.3 < m["finding_f1_macro"] - 0.5, (shuffled, m)

@@ -42,7 +42,7 @@ class ReportTargets:
 class Collator:
     """Studies -> a batch. `ids` and `reports` (lists), `images` [B, V, 3, H, W] or, from a feature cache,
     `features` [B, V, L, C], `view_mask` [B, V]; with `targets`, also `target_ids` [B, R] (right-padded with eos,
-    which the mask hides) and `target_lengths` [B]."""
+    which the mask hides) and `target_lengths` [B]; `finding_labels` [B, K] when the studies carry them."""
 
     def __init__(self, targets: ReportTargets | None = None):
         self.targets = targets
@@ -55,6 +55,8 @@ class Collator:
             "view_mask": torch.stack([b["view_mask"] for b in batch]),
             "reports": [b["report"] for b in batch],
         }
+        if "finding_labels" in batch[0]:  # training studies, with data.finding_loss on
+            out["finding_labels"] = torch.stack([b["finding_labels"] for b in batch])  # [B, K]
         if self.targets is not None:
             out.update(self.targets.tensors(out["reports"]))
         return out

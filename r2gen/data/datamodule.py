@@ -15,7 +15,6 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
-from torchvision import transforms as T
 
 from r2gen.data.annotations import SPLITS, read_annotation, read_studies  # noqa: F401 (read_annotation: re-export)
 from r2gen.data.checks import check_studies
@@ -23,18 +22,10 @@ from r2gen.data.clean import get_cleaner
 from r2gen.data.collate import Collator
 from r2gen.data.images import load_image
 from r2gen.data.resumable import ResumableLoader, ResumableRandomSampler, SkippingBatchSampler, worker_init
+from r2gen.data.transform import image_transform
 from r2gen.errors import InputError
 
 log = logging.getLogger(__name__)
-
-
-def image_transform(size: int, mean, std, augment: bool) -> T.Compose:
-    """Resize to size x size, optionally a small affine jitter (never a horizontal flip: it swaps left and right)."""
-    steps: list = [T.Resize((size, size), antialias=True)]
-    if augment:
-        steps.append(T.RandomAffine(degrees=5, translate=(0.03, 0.03), scale=(0.95, 1.05)))
-    steps += [T.ToTensor(), T.Normalize(mean, std)]
-    return T.Compose(steps)
 
 
 class StudyDataset(Dataset):
@@ -42,6 +33,7 @@ class StudyDataset(Dataset):
         self.entries, self.image_dir, self.transform, self.num_views = entries, image_dir, transform, num_views
         self.reports = [clean(e["report"]) for e in entries]
         self.token_lengths: list[int] | None = None  # target tokens per study, for data.group_by_length
+        self.finding_labels: torch.Tensor | None = None  # [N, K] 1/0 labels of each report, for data.finding_loss
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -62,7 +54,11 @@ class StudyDataset(Dataset):
         images = torch.zeros(self.num_views, *views[0].shape)
         images[: len(views)] = torch.stack(views)
         mask = torch.arange(self.num_views) < len(views)
-        return {"id": str(e["id"]), "images": images, "view_mask": mask, "report": self.reports[i]}
+        return {"id": str(e["id"]), "images": images, "view_mask": mask, "report": self.reports[i], **self.extras(i)}
+
+    def extras(self, i: int) -> dict[str, Any]:
+        """What study `i` carries besides images and report (also served from a feature cache)."""
+        return {} if self.finding_labels is None else {"finding_labels": self.finding_labels[i]}
 
 
 class ReportDataModule(pl.LightningDataModule):
@@ -70,14 +66,16 @@ class ReportDataModule(pl.LightningDataModule):
 
     `collator` turns studies into batches (r2gen.data.collate; training needs one holding the LM's ReportTargets,
     without one batches carry images and report strings only); `features`, a FeatureCache
-    (r2gen.data.feature_cache), serves a frozen encoder's stored outputs instead of images."""
+    (r2gen.data.feature_cache), serves a frozen encoder's stored outputs instead of images; `finding_labels`
+    (reports -> 1/0 per label) gives each training study the labels `data.finding_loss` learns."""
 
     def __init__(self, cfg, image_size: int, mean, std, augment: bool, collator: Collator | None = None,
-                 features=None):
+                 features=None, finding_labels=None):
         super().__init__()
         self.cfg = cfg
         self.image_size, self.mean, self.std, self.augment = image_size, tuple(mean), tuple(std), augment
         self.collator, self.features = collator or Collator(), features
+        self.label_reports = finding_labels  # reports -> [[1/0 per label]]: training targets of data.finding_loss
         self.clean = get_cleaner(cfg.clean)
         self.splits: dict[str, StudyDataset] = {}
 
@@ -113,6 +111,8 @@ class ReportDataModule(pl.LightningDataModule):
         self.setup()
         n = self.cfg.num_workers
         ds = self.splits[split]
+        if shuffle and self.label_reports is not None and ds.finding_labels is None:  # training only: labelled once
+            ds.finding_labels = torch.tensor(self.label_reports(ds.reports), dtype=torch.float32)
         if self.features is not None:  # built here, when the encoder's weights are final (after a checkpoint load)
             ds = self.features.dataset(split, ds)
         batching: dict[str, Any] = {"batch_size": batch_size, "shuffle": False}

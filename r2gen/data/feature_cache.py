@@ -208,4 +208,4 @@ class CachedFeatures(Dataset):
         feats = torch.zeros(v, *self._arr.shape[1:])
         feats[: len(rows)] = torch.from_numpy(np.ascontiguousarray(self._arr[rows]))
         return {"id": str(e["id"]), "features": feats, "view_mask": torch.arange(v) < len(rows),
-                "report": self.base.reports[i]}
+                "report": self.base.reports[i], **self.base.extras(i)}

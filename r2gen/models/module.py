@@ -19,7 +19,7 @@ from torch import nn
 
 from r2gen.checkpoint import payload
 from r2gen.data.clean import get_cleaner
-from r2gen.errors import InputError
+from r2gen.errors import ConfigError, InputError
 from r2gen.models.encoder import ImageEncoder
 from r2gen.models.lm import generation_config, load_lm, quantization_config
 from r2gen.models.prompt import Prompt, assemble
@@ -52,6 +52,16 @@ class R2GenModule(pl.LightningModule):
         hidden = text_cfg.hidden_size  # the projection is sized from the LM, whatever its family
         self.lm_proj = nn.Linear(self.encoder.num_features, hidden)
         self.lm_norm = nn.LayerNorm(hidden)
+        self.finding_head = None  # data.finding_loss > 0: the labeler's findings classified from the image tokens
+        if cfg.data.finding_loss:
+            from r2gen.scoring.policy import label_names
+
+            n = len(label_names(cfg.data.labeler))
+            if not n or cfg.data.finding_loss < 0:
+                raise ConfigError(f"data.finding_loss={cfg.data.finding_loss} needs a finding labeler "
+                                  f"(data.labeler=demo|chexpert, now {cfg.data.labeler}) and a weight >= 0; "
+                                  "or set data.finding_loss=0")
+            self.finding_head = nn.Linear(self.encoder.num_features, n)
         self.prompt = Prompt(self.tokenizer, cfg.lm.prompt.text, cfg.lm.prompt.template, cfg.lm.add_bos)
         self.gen_config = generation_config(self.lm_model, self.tokenizer,
                                             OmegaConf.to_container(cfg.generate, resolve=True))
@@ -78,7 +88,7 @@ class R2GenModule(pl.LightningModule):
 
     def persistent_keys(self) -> set[str]:
         """State-dict keys a checkpoint must hold: everything that the config alone cannot rebuild."""
-        full = ["lm_proj.", "lm_norm."]
+        full = ["lm_proj.", "lm_norm.", "finding_head."]
         if self.encoder_mode == "full" or not self.cfg.encoder.pretrained:
             full.append("encoder.")  # trained fully, or random init that no config reproduces
         if not self.cfg.lm.freeze:
@@ -101,25 +111,45 @@ class R2GenModule(pl.LightningModule):
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         return self.lm_model.get_input_embeddings()(ids)
 
+    def image_tokens(self, images: torch.Tensor | None, view_mask: torch.Tensor, features: torch.Tensor | None = None):
+        """The encoder's fused tokens [B, T, C] + mask [B, T], from images [B, V, 3, H, W] or, with a feature cache,
+        from the frozen encoder's stored per-view tokens `features` [B, V, L, C]."""
+        if features is not None:  # the encoder is skipped: it is frozen, and these are its outputs
+            return self.encoder.fuse(features.to(self.lm_proj.weight.dtype), view_mask)
+        with torch.set_grad_enabled(self.encoder_mode != "frozen" and torch.is_grad_enabled()):
+            return self.encoder(images, view_mask)
+
+    def project(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Image tokens in the LM's embedding space, [B, T, H]."""
+        x = self.lm_norm(self.lm_proj(tokens))
+        return x.to(self.lm_model.get_input_embeddings().weight.dtype)
+
     def encode_images(self, images: torch.Tensor | None, view_mask: torch.Tensor,
                       features: torch.Tensor | None = None):
-        """Image tokens in the LM's embedding space, [B, T, H] + [B, T] mask, from images [B, V, 3, H, W] or,
-        with a feature cache, from the frozen encoder's stored per-view tokens `features` [B, V, L, C]."""
-        if features is not None:  # the encoder is skipped: it is frozen, and these are its outputs
-            tokens, mask = self.encoder.fuse(features.to(self.lm_proj.weight.dtype), view_mask)
-        else:
-            with torch.set_grad_enabled(self.encoder_mode != "frozen" and torch.is_grad_enabled()):
-                tokens, mask = self.encoder(images, view_mask)  # [B, T, C], [B, T]
-        x = self.lm_norm(self.lm_proj(tokens))  # [B, T, H]
-        return x.to(self.lm_model.get_input_embeddings().weight.dtype), mask
+        """Image tokens in the LM's embedding space, [B, T, H] + [B, T] mask."""
+        tokens, mask = self.image_tokens(images, view_mask, features)
+        return self.project(tokens), mask
+
+    def losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """`lm`: causal-LM loss of the reports (`target_ids`, `target_lengths`: r2gen.data.collate) given the images
+        (or their cached features); with `data.finding_loss`, `finding`: BCE of the labeler's findings
+        (`finding_labels`) predicted from the mean image token; `loss`: lm + data.finding_loss * finding."""
+        tokens, mask = self.image_tokens(batch.get("images"), batch["view_mask"], batch.get("features"))
+        inputs, attn, labels = assemble(self.embed, self.prompt, self.project(tokens), mask, batch["target_ids"],
+                                        batch["target_lengths"], "right")
+        out = {"lm": self.lm_model(inputs_embeds=inputs, attention_mask=attn, labels=labels).loss}
+        out["loss"] = out["lm"]
+        if self.finding_head is not None and "finding_labels" in batch:
+            m = mask.unsqueeze(-1).to(tokens.dtype)
+            pooled = (tokens * m).sum(1) / m.sum(1).clamp(min=1)  # [B, C]: the mean over real views' tokens
+            logits = self.finding_head(pooled.to(self.finding_head.weight.dtype))
+            out["finding"] = nn.functional.binary_cross_entropy_with_logits(logits.float(), batch["finding_labels"].float())
+            out["loss"] = out["lm"] + self.cfg.data.finding_loss * out["finding"]
+        return out
 
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
-        """Causal-LM loss of the reports (`target_ids`, `target_lengths`: r2gen.data.collate) given the images (or
-        their cached features)."""
-        img, mask = self.encode_images(batch.get("images"), batch["view_mask"], batch.get("features"))
-        inputs, attn, labels = assemble(self.embed, self.prompt, img, mask, batch["target_ids"],
-                                        batch["target_lengths"], "right")
-        return self.lm_model(inputs_embeds=inputs, attention_mask=attn, labels=labels).loss
+        """The training loss (see `losses`)."""
+        return self.losses(batch)["loss"]
 
     @torch.no_grad()
     def generate(self, images: torch.Tensor | None, view_mask: torch.Tensor,
@@ -133,9 +163,12 @@ class R2GenModule(pl.LightningModule):
 
     # --- loops ---------------------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
-        loss = self(batch)
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["ids"]))
-        return loss
+        losses = self.losses(batch)
+        n = len(batch["ids"])
+        self.log("train/loss", losses["loss"], prog_bar=True, batch_size=n)
+        if "finding" in losses:
+            self.log_dict({"train/lm_loss": losses["lm"], "train/finding_loss": losses["finding"]}, batch_size=n)
+        return losses["loss"]
 
     def validation_step(self, batch, batch_idx) -> list[str]:
         """The batch's generated reports; the evaluation callback (r2gen.scoring.callback) records and scores them."""
@@ -150,7 +183,8 @@ class R2GenModule(pl.LightningModule):
     # --- optimisation --------------------------------------------------------------------------------
     def configure_optimizers(self):
         o = self.cfg.optim
-        parts = {"proj": (o.lr, [self.lm_proj, self.lm_norm]), "encoder": (o.encoder_lr, [self.encoder]),
+        head = [self.finding_head] if self.finding_head is not None else []
+        parts = {"proj": (o.lr, [self.lm_proj, self.lm_norm, *head]), "encoder": (o.encoder_lr, [self.encoder]),
                  "lm": (o.lm_lr, [self.lm_model])}
         groups = []
         for name, (lr, mods) in parts.items():

@@ -85,8 +85,10 @@ def apply_lm_training(lm: nn.Module, lm_cfg, quantized: bool = False) -> nn.Modu
 
 
 def count_params(module) -> dict[str, tuple[int, int]]:
-    """{part: (trainable, total)} for the encoder, the projection, the LM and all."""
+    """{part: (trainable, total)} for the encoder, the projection, the LM, the finding head (if any) and all."""
     parts = {"encoder": [module.encoder], "projection": [module.lm_proj, module.lm_norm], "lm": [module.lm_model]}
+    if getattr(module, "finding_head", None) is not None:
+        parts["finding head"] = [module.finding_head]
     out = {}
     for name, mods in parts.items():
         ps = [p for m in mods for p in m.parameters()]

@@ -18,6 +18,19 @@ LABELERS = ("demo", "chexpert")
 REFERENCES = ("full", "truncated")
 
 
+def label_names(labeler: str | None) -> tuple[str, ...]:
+    """The labels a labeler gives, in order: demo's seven findings, CheXpert's 14 observations, or none."""
+    if labeler == "demo":
+        from r2gen.data.synthetic import FINDINGS
+
+        return tuple(FINDINGS)
+    if labeler == "chexpert":
+        from r2gen.scoring.chexpert import CHEXPERT_LABELS
+
+        return tuple(CHEXPERT_LABELS)
+    return ()
+
+
 def truncate_reference(text: str, words: int) -> str:
     """The first `words` whitespace tokens of a cleaned reference, joined by single spaces.
 
@@ -103,6 +116,11 @@ class Scoring:
 
             return label_reports(texts)
         return [{} for _ in texts]
+
+    def label_matrix(self, texts: Sequence[str]) -> list[list[int]]:
+        """Per report, 1/0 for each of `label_names(labeler)` in order (what the finding loss learns)."""
+        names = label_names(self.labeler)
+        return [[int(x.get(k, 0)) for k in names] for x in self.labels(texts)]
 
     def labels(self, texts: Sequence[str]) -> list[dict[str, int]]:
         """Per report, 1/0 per label (chexpert: mapped with `to_binary(ce_uncertain)`)."""
