@@ -38,7 +38,8 @@ FORMAT = 3
 # Keys an evaluation or prediction sets itself: how to score, what to read and write, on what hardware; never read
 # from a checkpoint.
 EVAL_ONLY = {"ckpt", "predictions", "split", "shuffle_images", "task_name", "trainer", "paths", "hydra", "logger",
-             "callbacks", "experiment", "seed", "ckpt_path", "test_after_fit", "eval", "input", "output", "labels"}
+             "callbacks", "experiment", "seed", "ckpt_path", "test_after_fit", "eval", "input", "output", "labels",
+             "out", "part", "host", "port", "max_file_mb"}
 # Format 1 checkpoints predate these keys; each value is the behaviour such a run had (not today's default).
 FORMAT_1_ADDED = {
     "data.format": "auto", "data.image_columns": ["image_path"], "data.on_bad_sample": "error",

@@ -99,6 +99,20 @@ def predict_main():
     return module_main(predict, config_name="predict")
 
 
+def app_main():
+    """`r2gen-app ckpt=... [host=127.0.0.1] [port=8000]`: python -m r2gen.app, the local web page."""
+    from r2gen.app import serve
+
+    return module_main(serve, config_name="app")
+
+
+def export_main():
+    """`r2gen-export ckpt=... out=... [part=lm]`: python -m r2gen.export."""
+    from r2gen.export import export
+
+    return module_main(export, config_name="export")
+
+
 def verify_main():
     """`r2gen-verify lm=<name> ...`: python -m r2gen.verify."""
     from r2gen.verify import run

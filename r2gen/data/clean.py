@@ -11,7 +11,10 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from r2gen.errors import ConfigError
+try:
+    from r2gen.errors import ConfigError
+except ImportError:  # copied as is into exported model folders (r2gen.export), which run without r2gen
+    ConfigError = ValueError
 
 _SENT_RE = re.compile("[.,?;*!%^&_+():-\\[\\]{}]")
 

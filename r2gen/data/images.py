@@ -7,6 +7,8 @@ data are scaled to 0..255 from that range, not truncated (16-bit PNG/TIFF too: m
 A multi-frame file gives its first frame.
 
 `image_problem` is the set-up check: it finds missing, truncated or undecodable files without decoding them.
+
+Standalone (numpy, Pillow, pydicom only): `r2gen.export` copies this file into exported model folders.
 """
 
 from __future__ import annotations
@@ -36,10 +38,15 @@ def load_image(path: str | Path) -> Image.Image:
     if is_dicom(path):
         return Image.fromarray(dicom_to_uint8(path)).convert("RGB")
     with Image.open(path) as im:
-        if im.mode in ("I", "I;16", "I;16B", "F"):  # 16-bit PNG/TIFF: Pillow's convert would clip at 255
-            x = np.asarray(im, dtype=np.float64)
-            return Image.fromarray(_stretch(x, x.min(), x.max())).convert("RGB")
-        return im.convert("RGB")
+        return to_rgb(im)
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """A PIL image as 8-bit RGB; 16-bit and float images (16-bit PNG/TIFF) min-max stretched over their own pixel range."""
+    if im.mode in ("I", "I;16", "I;16B", "F"):  # Pillow's convert would clip at 255
+        x = np.asarray(im, dtype=np.float64)
+        return Image.fromarray(_stretch(x, x.min(), x.max())).convert("RGB")
+    return im.convert("RGB")
 
 
 def dicom_to_uint8(path: str | Path) -> np.ndarray:

@@ -12,7 +12,10 @@ import timm
 import torch
 from torch import nn
 
-from r2gen.errors import ConfigError, MissingFileError
+try:
+    from r2gen.errors import ConfigError, MissingFileError
+except ImportError:  # copied as is into exported model folders (r2gen.export), which run without r2gen
+    ConfigError, MissingFileError = ValueError, FileNotFoundError
 
 FUSIONS = ("mean", "concat")
 

@@ -10,7 +10,10 @@ from collections.abc import Callable
 
 import torch
 
-from r2gen.errors import ConfigError
+try:
+    from r2gen.errors import ConfigError
+except ImportError:  # copied as is into exported model folders (r2gen.export), which run without r2gen
+    ConfigError = ValueError
 
 IMAGE = "<image>"  # where the image tokens go in `lm.prompt.text`
 IGNORE = -100

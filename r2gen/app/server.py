@@ -1,0 +1,193 @@
+"""The HTTP side of `python -m r2gen.app`: three routes, and uvicorn on a socket bound before the model loads.
+
+  GET  /         the page (page.html: self-contained, and its Content-Security-Policy lets it talk to this
+                 server only)
+  GET  /health   {"ready", "kind", "ckpt", "model", "num_views", "busy", "max_files", "max_file_mb"}
+  POST /report   multipart/form-data with 1 to 4 image files -> {"report", "labels", "images" (PNG data URLs, as
+                 the model reads them), "files" (their names), "read" (how many the model reads: the first ones)}
+
+Every refusal is a 4xx `{"error": "<one line naming the file and the problem>"}`; a bug is a 500 with one line
+(the traceback goes to the server's log), and the server keeps serving. A request's files live in a temporary
+folder deleted when it is answered.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+import tempfile
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from omegaconf import DictConfig
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+
+from r2gen.app.reporter import Reporter
+from r2gen.app.uploads import MAX_FILES, UploadError, check_count, check_size, display_name, preview, save
+from r2gen.cli import one_line
+from r2gen.errors import ConfigError, UserError
+
+log = logging.getLogger(__name__)
+# The page's scripts and styles are inline; it may fetch from this server and show data:/blob: images, nothing else.
+CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data: blob:; "
+       "connect-src 'self'; form-action 'none'; base-uri 'none'; frame-ancestors 'none'")
+
+
+def create_app(reporter: Reporter, max_file_mb: float) -> FastAPI:
+    """The FastAPI app serving `reporter`'s model (no docs pages: FastAPI's load their scripts from a CDN)."""
+    app = FastAPI(title="r2gen", docs_url=None, redoc_url=None, openapi_url=None)
+    page = files("r2gen.app").joinpath("page.html").read_text(encoding="utf-8")
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException):
+        return error(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}")
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        return error(422, f"{request.method} {request.url.path}: invalid request ({exc.errors()[:1]})")
+
+    @app.get("/")
+    def index() -> HTMLResponse:
+        return HTMLResponse(page, headers={"Content-Security-Policy": CSP, "Cache-Control": "no-store"})
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        return {"ready": True, **reporter.describe(), "busy": reporter.busy, "max_files": MAX_FILES,
+                "max_file_mb": max_file_mb}
+
+    @app.post("/report")
+    async def report(request: Request) -> JSONResponse:
+        try:
+            uploads = await read_uploads(request, max_file_mb)
+            return JSONResponse(await run_in_threadpool(make_report, reporter, uploads))
+        except UploadError as e:
+            return error(e.status, str(e))
+        except UserError as e:  # predict.py's own checks on the study: the upload's fault
+            return error(422, one_line(e))
+        except Exception as e:  # noqa: BLE001 - a bug: one line to the browser, the traceback to the log
+            log.exception("POST /report failed")
+            return error(500, f"internal error ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                              f"the server's log has the traceback")
+
+    return app
+
+
+def error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": " ".join(message.split())}, status_code=status)
+
+
+async def read_uploads(request: Request, max_file_mb: float) -> list[tuple[str, bytes]]:
+    """The request's files as (display name, bytes), their number and sizes checked before anything is kept."""
+    length = request.headers.get("content-length")
+    if length is None and "transfer-encoding" not in request.headers:
+        length = "0"  # no body at all
+    if length is None or not length.isdigit():  # a chunked body: its size is unknown until read whole
+        raise UploadError("the upload has no Content-Length; send the files as a multipart/form-data POST", 411)
+    limit = MAX_FILES * max_file_mb * 2**20 + 2**20  # four files at the limit, and the form's own bytes
+    if int(length) > limit:
+        raise UploadError(f"the upload is {int(length) / 2**20:.1f} MB, over the {limit / 2**20:g} MB a request "
+                          f"may carry ({MAX_FILES} files of max_file_mb each); send smaller files", 413)
+    try:
+        async with request.form(max_files=4 * MAX_FILES, max_fields=4 * MAX_FILES) as form:
+            parts = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
+            check_count(len(parts))
+            names = [display_name(f.filename, i) for i, f in enumerate(parts)]
+            for name, f in zip(names, parts, strict=True):
+                if f.size is not None:
+                    check_size(name, f.size, max_file_mb)
+            out = []
+            for name, f in zip(names, parts, strict=True):
+                data = await f.read()
+                check_size(name, len(data), max_file_mb)
+                out.append((name, data))
+            return out
+    except HTTPException as e:  # Starlette's multipart parser: a malformed body, too many parts
+        raise UploadError(f"the upload is not valid multipart/form-data ({e.detail}); send 1 to {MAX_FILES} image "
+                          f"files", 400) from None
+
+
+def make_report(reporter: Reporter, uploads: list[tuple[str, bytes]]) -> dict[str, Any]:
+    """Write the study into a temporary folder, check and preview each image, generate; the folder is deleted
+    before this returns."""
+    names = [name for name, _ in uploads]
+    with tempfile.TemporaryDirectory(prefix="r2gen-app-") as tmp:
+        paths = [save(i, name, data, Path(tmp)) for i, (name, data) in enumerate(uploads)]
+        images = [preview(p, name) for p, name in zip(paths, names, strict=True)]
+        try:
+            result = reporter.report([str(p) for p in paths])
+        except UserError as e:  # name the user's files, not the temporary ones
+            message = one_line(e)
+            for p, name in zip(paths, names, strict=True):
+                message = message.replace(str(p), name)
+            raise UploadError(message, 422) from None
+    read = min(len(paths), reporter.num_views) if reporter.num_views else len(paths)
+    return {**result, "images": images, "files": names, "read": read}
+
+
+# --- serving ---------------------------------------------------------------------------------------------------
+def serve(cfg: DictConfig, overrides: list[str] | None = None) -> None:
+    """Bind `cfg.host`:`cfg.port` (a taken port fails before the model loads), load the model, print the URL and
+    serve until Ctrl-C."""
+    host, port, max_file_mb = settings(cfg)
+    sock = listen(host, port)
+    try:
+        reporter = Reporter.load(cfg, overrides)
+        server = uvicorn_server(create_app(reporter, max_file_mb))
+        sock.listen(128)  # a browser opened at the printed URL waits in the queue until uvicorn accepts
+        print(f"\nr2gen app: {url(sock)}  ({reporter.kind} {reporter.source}; Ctrl-C stops it)", flush=True)
+        if not ipaddress.ip_address(sock.getsockname()[0]).is_loopback:
+            print(f"host={host}: other machines can reach this page and send it images", flush=True)
+        try:
+            server.run(sockets=[sock])
+        except KeyboardInterrupt:  # uvicorn shut down gracefully, then re-raised the Ctrl-C: the way to stop
+            print("r2gen app: stopped", flush=True)
+    finally:
+        sock.close()
+
+
+def settings(cfg: DictConfig) -> tuple[str, int, float]:
+    host, port, mb = cfg.host, cfg.port, cfg.max_file_mb
+    if not isinstance(host, str) or not host:
+        raise ConfigError(f"host={host!r}: give an address to listen on, e.g. host=127.0.0.1")
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ConfigError(f"port={port!r}: choose a port number from 1 to 65535, or 0 for any free port")
+    if isinstance(mb, bool) or not isinstance(mb, (int, float)) or mb <= 0:
+        raise ConfigError(f"max_file_mb={mb!r}: choose a positive number of megabytes, e.g. max_file_mb=64")
+    return host, port, float(mb)
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to `host`:`port`, not yet listening (uvicorn serves on it)."""
+    sock = None
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as e:
+        if sock is not None:
+            sock.close()
+        raise ConfigError(f"host={host} port={port}: cannot listen there ({e.strerror or e}); choose another "
+                          f"port=<n> (0: any free one), or host=127.0.0.1") from None
+    return sock
+
+
+def url(sock: socket.socket) -> str:
+    """The page's address; a wildcard host is shown as this machine's loopback."""
+    host, port = sock.getsockname()[:2]
+    ip = ipaddress.ip_address(host)
+    if ip.is_unspecified:
+        ip = ipaddress.ip_address("::1" if ip.version == 6 else "127.0.0.1")
+    return f"http://{f'[{ip}]' if ip.version == 6 else ip}:{port}/"
+
+
+def uvicorn_server(app: FastAPI, log_level: str = "info") -> uvicorn.Server:
+    """uvicorn for `app`, logging through the root logger (Hydra's console and file) rather than its own set-up."""
+    return uvicorn.Server(uvicorn.Config(app, log_config=None, log_level=log_level, timeout_graceful_shutdown=5))

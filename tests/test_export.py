@@ -1,0 +1,372 @@
+"""`python -m r2gen.export`: a checkpoint as a self-contained Hugging Face folder (`part=all`) or its LM alone with
+LoRA merged (`part=lm`).
+
+The fast tests export the session's demo checkpoint and one LoRA checkpoint (LoRA on the LM and on the encoder) in
+process, load the folder through its own code (not r2gen's) and compare with `r2gen.predict.predict` on the same
+images: the same model inputs and image tokens, the same reports. The slow ones run the export command, delete the
+run's cache (demo data, the locally built LM) and load the folder with `AutoModel.from_pretrained(...,
+trust_remote_code=True)` in a fresh process where r2gen (and, for `part=lm`, peft) cannot be imported.
+"""
+
+from __future__ import annotations
+
+import ast
+import errno
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+
+from r2gen.errors import ConfigError, StorageError, UnsafeWriteError
+from r2gen.export import EXPORTED, export, import_exported
+from r2gen.models.module import R2GenModule
+from r2gen.predict import predict
+from r2gen.scoring.nlg import METRIC_NAMES
+from r2gen.train import train
+
+from .conftest import RAMP, SMALL, cli_env, compose_cfg, read_jsonl, run_cli, snapshot, write_dicom
+
+FAST = ["trainer.accelerator=cpu", "trainer.enable_progress_bar=false"]
+# LoRA on the LM and on the encoder (align=delta). timm's ResNets start each residual branch's last BatchNorm at
+# zero, which would keep the encoder's adapters at zero (they sit in those branches): start it at one instead.
+LORA = ["lm.freeze=true", "lm.lora.r=4", "align=delta", "+encoder.kwargs.zero_init_last=false"]
+
+
+def run_export(ckpt, out, *overrides, tmp_path, cache_dir) -> Path:
+    """`python -m r2gen.export ckpt=<ckpt> out=<out> <overrides>`, in process."""
+    o = [f"ckpt={ckpt}", f"out={out}", *overrides]
+    return export(compose_cfg("export", o, tmp_path / "export-run", cache_dir), overrides=o)
+
+
+def run_predict(ckpt, folder, *overrides, tmp_path, cache_dir) -> tuple[list[dict], list[tuple]]:
+    """predict.py's rows for the studies in `folder`, and what its model saw: (images, view mask, image tokens)."""
+    seen, generate = [], R2GenModule.generate
+
+    def spy(self, images, view_mask, features=None):
+        seen.append((images.clone(), view_mask.clone(), self.encode_images(images, view_mask)[0]))
+        return generate(self, images, view_mask, features)
+
+    o = [f"ckpt={ckpt}", f"input={folder}", *FAST, *overrides]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(R2GenModule, "generate", spy)
+        path = predict(compose_cfg("predict", o, tmp_path / f"predict-run{len(list(tmp_path.glob('predict-run*')))}",
+                                   cache_dir), overrides=o)
+    return read_jsonl(path), seen
+
+
+def load(folder: Path):
+    """The exported model through the folder's own code (what `trust_remote_code=True` runs), in this process."""
+    return import_exported(folder).R2GenModel.from_pretrained(folder)
+
+
+def image(path: Path, seed: int, size=(48, 40)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, size, dtype=np.uint8)).save(path)
+    return path
+
+
+def studies_folder(root: Path, demo_images: Path, n_demo: int = 4) -> Path:
+    """predict.py's input: demo studies (two views each), a one-image PNG, a JPEG and a MONOCHROME1 DICOM study (one
+    view: with `concat` fusion their sequences are shorter, so the batch is left-padded)."""
+    ann = json.loads((demo_images.parent / "annotation.json").read_text())["test"][:n_demo]
+    for i, e in enumerate(ann):
+        for j, p in enumerate(e["image_path"]):
+            (root / f"d{i}").mkdir(parents=True, exist_ok=True)
+            shutil.copy(demo_images / p, root / f"d{i}" / f"{j}{Path(p).suffix}")
+    image(root / "png" / "a.png", 1)
+    image(root / "jpg" / "a.jpg", 2)
+    (root / "dcm").mkdir()
+    write_dicom(root / "dcm" / "a.dcm", RAMP, photometric="MONOCHROME1")
+    return root
+
+
+def top_modules(node: ast.Import | ast.ImportFrom) -> list[str]:
+    """The packages an import statement imports from (none for a relative import)."""
+    if isinstance(node, ast.Import):
+        return [a.name.split(".")[0] for a in node.names]
+    return [(node.module or "").split(".")[0]] if node.level == 0 else []
+
+
+def as_lists(rows: list[dict]) -> list[list[str]]:
+    return [r["images"] for r in rows]
+
+
+# --- fixtures: one export per checkpoint, shared --------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory, cache_dir) -> Path:
+    out = tmp_path_factory.mktemp("lora_run")
+    train(compose_cfg("config", SMALL + LORA + ["test_after_fit=false"], out, cache_dir))
+    return out
+
+
+@pytest.fixture(scope="module")
+def studies(tmp_path_factory, cache_dir, demo_run) -> Path:
+    return studies_folder(tmp_path_factory.mktemp("studies") / "new", cache_dir / "demo" / "images")
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory, cache_dir, demo_run, lora_run) -> dict[str, Path]:
+    tmp = tmp_path_factory.mktemp("exports")
+    runs = {"demo": demo_run, "lora": lora_run}
+    before = {k: snapshot(r) for k, r in runs.items()}
+    out = {k: run_export(r / "checkpoints" / "last.ckpt", tmp / k, tmp_path=tmp, cache_dir=cache_dir)
+           for k, r in runs.items()}
+    out["lora-lm"] = run_export(lora_run / "checkpoints" / "last.ckpt", tmp / "lora-lm", "part=lm", tmp_path=tmp,
+                                cache_dir=cache_dir)
+    assert {k: snapshot(r) for k, r in runs.items()} == before  # the checkpoints and run folders are only read
+    assert not [p for p in tmp.iterdir() if p.name.startswith(".")]  # no temporary folder left behind
+    return out
+
+
+def ckpt_of(name: str, demo_run: Path, lora_run: Path) -> Path:
+    return {"demo": demo_run, "lora": lora_run}[name] / "checkpoints" / "last.ckpt"
+
+
+# --- part=all --------------------------------------------------------------------------------------------------------
+def test_the_export_is_a_self_contained_hugging_face_folder(exports):
+    folder = exports["demo"]
+    assert {p.name for p in folder.iterdir()} == {*EXPORTED, "config.json", "model.safetensors", "README.md",
+                                                   "tokenizer.json", "tokenizer_config.json"}
+    config = json.loads((folder / "config.json").read_text())
+    assert config["model_type"] == "r2gen"
+    assert config["auto_map"] == {"AutoConfig": "configuration_r2gen.R2GenConfig",
+                                  "AutoModel": "modeling_r2gen.R2GenModel"}
+    assert config["encoder"] == {"name": "resnet10t", "kwargs": {}, "image_size": 32, "fusion": "concat"}
+    assert config["num_views"] == 2 and config["clean"] == "iu_xray" and config["batch_size"] == 8
+    assert config["image"]["size"] == 32 and len(config["image"]["mean"]) == len(config["image"]["std"]) == 3
+    assert config["lm_config"]["model_type"] == "llama" and "_name_or_path" not in config["lm_config"]
+    assert config["generate"]["num_beams"] == 2 and config["generate"]["max_new_tokens"] == 8  # SMALL's
+    assert config["prompt"]["prefix"][0] == 0 and config["prompt"]["suffix"]  # BOS, "Image:" ... "Report:"
+    for name in EXPORTED:  # r2gen is imported nowhere but in a try block (the error classes' fallback)
+        tree = ast.parse((folder / name).read_text())
+        guarded = {id(n) for t in ast.walk(tree) if isinstance(t, ast.Try) for b in t.body for n in ast.walk(b)}
+        imports = [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))]
+        named = [n for n in imports if "r2gen" in top_modules(n)]
+        assert all(id(n) in guarded for n in named), name
+    with safe_open(folder / "model.safetensors", "pt") as f:
+        keys = list(f.keys())
+    assert {k.split(".")[0] for k in keys} == {"encoder", "lm_proj", "lm_norm", "lm_model"}
+    card = (folder / "README.md").read_text()
+    assert 'AutoModel.from_pretrained("<this folder>", trust_remote_code=True)' in card
+    assert "24 training studies" in card and "`resnet10t`" in card and "## Licence" in card
+    assert "No test scores" in card  # the demo run was trained with test_after_fit=false
+
+
+@pytest.mark.parametrize("name", ["demo", "lora"])
+def test_the_exported_model_writes_predict_py_s_reports(name, exports, studies, demo_run, lora_run, tmp_path,
+                                                         cache_dir):
+    """Same inputs (images and view masks bit for bit), same image tokens (bit for bit; the encoder's merged LoRA
+    within float rounding), same reports: PNG, JPEG and DICOM paths, and PIL images."""
+    rows, seen = run_predict(ckpt_of(name, demo_run, lora_run), studies, tmp_path=tmp_path, cache_dir=cache_dir)
+    model = load(exports[name])
+    assert type(model).__module__.startswith("r2gen_export_")  # the folder's code, not r2gen's
+    images, mask = model.preprocess(as_lists(rows))
+    (seen_images, seen_mask, seen_tokens), = seen  # one batch of eval_batch_size=8
+    assert torch.equal(images, seen_images) and torch.equal(mask, seen_mask)
+    with torch.no_grad():
+        tokens = model(images, mask)[0]
+    if name == "demo":
+        assert torch.equal(tokens, seen_tokens)
+    else:
+        torch.testing.assert_close(tokens, seen_tokens, rtol=0, atol=1e-5)
+    assert model.generate_reports(as_lists(rows)) == [r["report"] for r in rows]
+    with Image.open(rows[0]["images"][0]) as a, Image.open(rows[0]["images"][1]) as b:
+        assert model.generate_reports([[a, b]]) == [rows[0]["report"]]
+
+
+def test_generate_kwargs_and_batch_size_match_predict_py_s_overrides(exports, studies, lora_run, tmp_path, cache_dir):
+    rows, seen = run_predict(lora_run / "checkpoints" / "last.ckpt", studies, "generate.num_beams=1",
+                             "generate.max_new_tokens=5", "data.eval_batch_size=3", tmp_path=tmp_path,
+                             cache_dir=cache_dir)
+    assert len(seen) == 3  # 7 studies in batches of 3
+    model = load(exports["lora"])
+    reports = model.generate_reports(as_lists(rows), batch_size=3, num_beams=1, max_new_tokens=5)
+    assert reports == [r["report"] for r in rows]
+    assert model.lm_model.generation_config.num_beams == 2  # the stored config is unchanged
+    with pytest.raises(ValueError, match="not generation options: beams"):
+        model.generate_reports(as_lists(rows)[:1], beams=1)
+
+
+def test_save_pretrained_round_trips(exports, studies, tmp_path):
+    model = load(exports["lora"])
+    paths = [[str(p) for p in sorted(d.iterdir())] for d in sorted(studies.iterdir())]
+    model.save_pretrained(tmp_path / "copy")
+    assert {*EXPORTED, "config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in
+                                                                                 (tmp_path / "copy").iterdir()}
+    copy = load(tmp_path / "copy")
+    a, b = model.state_dict(), copy.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert copy.generate_reports(paths) == model.generate_reports(paths)
+
+
+# --- part=lm ---------------------------------------------------------------------------------------------------------
+def test_part_lm_is_the_lm_alone_with_lora_merged(exports, lora_run, tmp_path, cache_dir):
+    from transformers import AutoModelForCausalLM
+
+    from r2gen.checkpoint import load_model, rebuild
+
+    folder = exports["lora-lm"]
+    assert not list(folder.glob("*.py")) and not list(folder.glob("adapter*"))
+    config = json.loads((folder / "config.json").read_text())
+    assert config["model_type"] == "llama" and "auto_map" not in config and "quantization_config" not in config
+    lm = AutoModelForCausalLM.from_pretrained(folder).eval()
+    o = [f"ckpt={lora_run / 'checkpoints' / 'last.ckpt'}"]
+    ck, run = rebuild(compose_cfg("predict", [*o, "input=x"], tmp_path / "r", cache_dir), o)
+    ours = load_model(run, ck).eval().lm_model
+    assert type(ours).__name__ == "PeftModelForCausalLM"  # with its adapters, not merged
+    ids = torch.randint(0, lm.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(lm(input_ids=ids).logits, ours(input_ids=ids).logits, rtol=0, atol=1e-5)
+    assert (folder / "tokenizer.json").is_file() and "(merged)" in (folder / "README.md").read_text()
+
+
+# --- what is refused ---------------------------------------------------------------------------------------------------
+def test_out_must_be_new_or_empty_and_the_checkpoint_is_only_read(demo_run, tmp_path, cache_dir):
+    ckpt = demo_run / "checkpoints" / "last.ckpt"
+    before = snapshot(demo_run)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine\n")
+    with pytest.raises(UnsafeWriteError, match=r"out=.*mine exists and is not an empty folder"):
+        run_export(ckpt, mine, tmp_path=tmp_path, cache_dir=cache_dir)
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    with pytest.raises(UnsafeWriteError, match="not an empty folder"):
+        run_export(ckpt, mine / "notes.txt", tmp_path=tmp_path, cache_dir=cache_dir)
+    assert (mine / "notes.txt").read_text() == "mine\n"
+    (tmp_path / "empty").mkdir()
+    run_export(ckpt, tmp_path / "empty", "part=lm", tmp_path=tmp_path, cache_dir=cache_dir)  # an empty folder is fine
+    assert (tmp_path / "empty" / "config.json").is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left behind
+    assert snapshot(demo_run) == before
+
+
+def test_a_full_disk_leaves_nothing_behind(demo_run, tmp_path, cache_dir, monkeypatch):
+    import r2gen.export as mod
+
+    def full(model, lm, run, folder):
+        (folder / "model.safetensors").write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(mod, "write_model", full)
+    with pytest.raises(StorageError, match=r"could not write out=.*new: No space left on device; nothing was written"):
+        run_export(demo_run / "checkpoints" / "last.ckpt", tmp_path / "new", tmp_path=tmp_path, cache_dir=cache_dir)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".") or p.name == "new"]
+
+
+def test_quantized_lms_and_unknown_parts_are_refused(demo_run, tmp_path, cache_dir):
+    ckpt = demo_run / "checkpoints" / "last.ckpt"
+    with pytest.raises(ConfigError, match="quant=4bit: .*add quant=none"):
+        run_export(ckpt, tmp_path / "q", "quant=4bit", tmp_path=tmp_path, cache_dir=cache_dir)
+    with pytest.raises(ConfigError, match="part='adapters': choose all .* or lm"):
+        run_export(ckpt, tmp_path / "p", "part=adapters", tmp_path=tmp_path, cache_dir=cache_dir)
+    assert not (tmp_path / "q").exists() and not (tmp_path / "p").exists()
+
+
+# --- a colleague's machine: a fresh process, no r2gen, no cache ------------------------------------------------------
+COLLEAGUE = """
+import importlib.util, json, sys
+sys.modules["r2gen"] = None  # the import system's own block: `import r2gen` fails, find_spec says there is none
+{block_peft}
+assert importlib.util.find_spec("r2gen") is None
+try:
+    import r2gen  # noqa: F401
+    raise SystemExit("r2gen is importable")
+except ImportError:
+    pass
+args = json.loads(sys.argv[1])
+{body}
+"""
+MODEL = """
+from PIL import Image
+from transformers import AutoModel
+model = AutoModel.from_pretrained(args["folder"], trust_remote_code=True)
+assert type(model).__module__.startswith("transformers_modules.")
+out = {"reports": model.generate_reports(args["studies"])}
+with Image.open(args["studies"][0][0]) as a, Image.open(args["studies"][0][1]) as b:
+    out["pil"] = model.generate_reports([[a, b]])
+model.save_pretrained(args["copy"])
+out["copy"] = AutoModel.from_pretrained(args["copy"], trust_remote_code=True).generate_reports(args["studies"])
+print(json.dumps(out))
+"""
+LM = """
+import torch
+from transformers import AutoModelForCausalLM
+lm = AutoModelForCausalLM.from_pretrained(args["folder"]).eval()
+with torch.no_grad():
+    print(json.dumps(lm(input_ids=torch.tensor(args["ids"])).logits.tolist()))
+"""
+
+
+def colleague(body: str, args: dict, tmp_path: Path, block_peft: bool = False) -> str:
+    """Run `body` in a fresh `python -I` (no PYTHONPATH, no user site), from a folder outside the repository, with
+    r2gen blocked; its stdout."""
+    script = tmp_path / "colleague.py"
+    script.write_text(COLLEAGUE.format(body=body, block_peft='sys.modules["peft"] = None' if block_peft else ""))
+    env = {**cli_env(tmp_path), "HF_MODULES_CACHE": str(tmp_path / "modules")}  # where transformers copies the code
+    r = subprocess.run([sys.executable, "-I", str(script), json.dumps(args)], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r.stdout.strip().splitlines()[-1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["demo", "lora"])
+def test_a_colleague_without_r2gen_gets_predict_py_s_reports(name, tmp_path):
+    """The export command in a fresh process; the run's cache (demo data, the locally built LM) deleted; then the
+    folder loaded with AutoModel + trust_remote_code in a process where r2gen cannot be imported: predict.py's
+    reports, for paths and PIL images, also from a save_pretrained copy. For the LoRA run, `part=lm` loads with
+    AutoModelForCausalLM, peft blocked too, and gives the logits of r2gen's LM with its adapters."""
+    cache = tmp_path / "cache"  # this test's own, deleted below
+    run = tmp_path / "run"
+    extra = LORA if name == "lora" else []
+    train(compose_cfg("config", SMALL + extra + ["test_after_fit=true"], run, cache))
+    ckpt = run / "checkpoints" / "best.ckpt"
+    folder = studies_folder(tmp_path / "studies", cache / "demo" / "images")
+    r = run_cli("-m", "r2gen.export", f"ckpt={ckpt}", f"out={tmp_path / 'export'}", f"hydra.run.dir={tmp_path / 'h'}",
+                cache_dir=cache)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"the model exported to {tmp_path / 'export'}" in r.stdout
+    rows, _ = run_predict(ckpt, folder, tmp_path=tmp_path, cache_dir=cache)
+    metrics = json.loads((run / "test" / "metrics.json").read_text())
+    card = (tmp_path / "export" / "README.md").read_text()
+    keys = [k for k in (*METRIC_NAMES, "finding_f1_macro") if k in metrics]
+    assert "| " + " | ".join(f"{metrics[k]:.3f}" for k in keys) + " |" in card and "not of the exported" not in card
+    logits = ids = None
+    if name == "lora":
+        assert run_cli("-m", "r2gen.export", f"ckpt={ckpt}", f"out={tmp_path / 'lm'}", "part=lm",
+                       f"hydra.run.dir={tmp_path / 'h2'}", cache_dir=cache).returncode == 0
+        from r2gen.checkpoint import load_model, rebuild
+
+        o = [f"ckpt={ckpt}"]
+        ck, cfg = rebuild(compose_cfg("predict", [*o, "input=x"], tmp_path / "r", cache), o)
+        vocab = json.loads((tmp_path / "lm" / "config.json").read_text())["vocab_size"]
+        ids = torch.randint(0, vocab, (2, 10), generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            logits = load_model(cfg, ck).eval().lm_model(input_ids=ids).logits
+    shutil.rmtree(cache)
+
+    out = json.loads(colleague(MODEL, {"folder": str(tmp_path / "export"), "studies": as_lists(rows),
+                                       "copy": str(tmp_path / "copy")}, tmp_path))
+    expected = [r["report"] for r in rows]
+    assert out["reports"] == expected and out["copy"] == expected and out["pil"] == expected[:1]
+    if name == "lora":
+        theirs = colleague(LM, {"folder": str(tmp_path / "lm"), "ids": ids.tolist()}, tmp_path, block_peft=True)
+        torch.testing.assert_close(torch.tensor(json.loads(theirs)), logits, rtol=0, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_the_export_command_refuses_a_folder_with_files_in_one_line(demo_run, tmp_path, cache_dir):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "a.txt").write_text("x")
+    r = run_cli("-m", "r2gen.export", f"ckpt={demo_run / 'checkpoints' / 'last.ckpt'}", f"out={mine}",
+                f"hydra.run.dir={tmp_path / 'h'}", cache_dir=cache_dir)
+    assert r.returncode == 2 and r.stderr.startswith(f"error: out={mine} exists and is not an empty folder")
+    assert [p.name for p in mine.iterdir()] == ["a.txt"]
