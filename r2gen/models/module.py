@@ -14,7 +14,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.utilities import rank_zero_info
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
 from r2gen.checkpoint import payload
@@ -68,6 +68,10 @@ class R2GenModule(pl.LightningModule):
         self.clean = get_cleaner(cfg.data.clean)
 
         self.encoder_mode = apply_align(self.encoder, cfg.align)
+        if self.encoder_mode != "full" and not cfg.encoder.pretrained:
+            rank_zero_warn(f"align.encoder={self.encoder_mode} with encoder.pretrained=false: the encoder's frozen "
+                           "weights stay random (and timm zero-initialises each residual branch's last norm, so LoRA "
+                           "inside those branches gets no gradient); use align=deep, or pretrained encoder weights")
         self.lm_model = apply_lm_training(self.lm_model, cfg.lm, quantized=quant is not None)
         self.train()  # from_pretrained leaves the LM in eval mode, and Lightning keeps the modes it finds
         c = count_params(self)
