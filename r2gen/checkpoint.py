@@ -168,7 +168,11 @@ def load_model(run: DictConfig, ck: dict[str, Any]) -> R2GenModule:
 def load_weights(model: R2GenModule, ck: dict[str, Any]) -> None:
     """Load the stored weights; everything the config trains must be there, and nothing foreign."""
     model.on_load_checkpoint(ck)
-    result = model.load_state_dict(ck["state_dict"], strict=False)
+    state = ck["state_dict"]
+    if model.finding_head is None:  # a training aid (data.finding_loss) that generation never uses: a model rebuilt
+        # without it (a demo checkpoint evaluated with data=iu_xray) leaves its weights out
+        state = {k: v for k, v in state.items() if not k.startswith("finding_head.")}
+    result = model.load_state_dict(state, strict=False)
     if result.unexpected_keys:
         raise InputError(f"checkpoint has {len(result.unexpected_keys)} weights this model lacks "
                          f"(e.g. {result.unexpected_keys[:3]}): was it trained with another encoder or lm?")
