@@ -24,20 +24,20 @@ NAN_STEP = 7  # 3 steps per epoch (SMALL): epoch 2, its second batch
 def poison(monkeypatch, ckpts: Path, how: str) -> dict[str, bytes]:
     """From NAN_STEP on, the loss (or only the gradients) become NaN; the checkpoint files as they were just before."""
     before: dict[str, bytes] = {}
-    real_forward = R2GenModule.forward
+    real_losses = R2GenModule.losses  # what training_step computes its loss with
 
-    def forward(self, batch):
-        loss = real_forward(self, batch)
+    def losses(self, batch):
+        out = real_losses(self, batch)
         if self.trainer.global_step < NAN_STEP:
-            return loss
+            return out
         if not before:
             before.update({p.name: p.read_bytes() for p in ckpts.glob("*.ckpt")})
         if how == "loss":
-            return loss * float("nan")
+            return {**out, "loss": out["loss"] * float("nan")}
         w = self.lm_norm.weight  # sqrt'(0) is inf: the loss stays finite, this weight's gradient becomes NaN
-        return loss + 0.0 * torch.sqrt(w - w.detach()).sum()
+        return {**out, "loss": out["loss"] + 0.0 * torch.sqrt(w - w.detach()).sum()}
 
-    monkeypatch.setattr(R2GenModule, "forward", forward)
+    monkeypatch.setattr(R2GenModule, "losses", losses)
     return before
 
 
