@@ -77,14 +77,16 @@ def datamodule(cfg: DictConfig, model) -> ReportDataModule:
     if cache_dir is not None:
         from r2gen.data.feature_cache import FeatureCache
 
-        features = FeatureCache(model.encoder, cache_dir, cfg.data.eval_batch_size, cfg.data.num_workers)
+        features = FeatureCache(model.encoder, cache_dir, cfg.data.eval_batch_size, cfg.data.num_workers,
+                                cfg.data.feature_cache_dtype)
     collator = Collator(ReportTargets(model.tokenizer, cfg.data.max_report_tokens))
     labels = None
     if model.finding_head is not None:  # data.finding_loss: the labeler's findings of each training report
         from r2gen.scoring.policy import Scoring
 
         labels = Scoring.from_config(cfg).label_matrix
-    return ReportDataModule(cfg.data, size, dc["mean"], dc["std"], augment, collator, features, labels)
+    return ReportDataModule(cfg.data, size, dc["mean"], dc["std"], augment, collator, features, labels,
+                            check_dir=Path(cfg.paths.cache_dir) / "setup-check")
 
 
 def feature_cache_dir(cfg: DictConfig, encoder_mode: str, augment: bool) -> Path | None:

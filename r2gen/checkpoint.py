@@ -3,13 +3,13 @@ from one with the user's overrides. Everything that rebuilds a model from a chec
 ...) goes through here (`rebuild`, then `load_model`), so the format version, the migrations and the override
 rules live in one place.
 
-A checkpoint (format 3) holds, besides Lightning's own state:
+A checkpoint (format 4) holds, besides Lightning's own state:
   * `state_dict`: only what the config cannot rebuild (`R2GenModule.persistent_keys`);
   * `r2gen.config`: the run's config as composed, interpolations kept (`annotation: ${.root}/annotation.json`),
     so that `data.root=/moved` moves the annotation and image folder with it;
   * `hyper_parameters.cfg`: the same config resolved, as the run saw it.
-Older formats are migrated when read: format 1 kept only the resolved config; formats 1 and 2 lack keys added since
-(`FORMAT_1_ADDED`, `FORMAT_2_ADDED`), which get the value that reproduces how those runs behaved.
+Older formats are migrated when read: format 1 kept only the resolved config; formats 1 to 3 lack keys added since
+(`FORMAT_1_ADDED`, `FORMAT_2_ADDED`, `FORMAT_3_ADDED`), which get the value that reproduces how those runs behaved.
 
 Overrides mean what they mean to `train.py`: a group (`data=iu_xray`, `generate=greedy`, `lm=...`) replaces that
 group as a whole; a dotted key (`data.root=...`) changes one value; `~key` deletes one. How to score (`eval.*`),
@@ -34,7 +34,7 @@ from r2gen.errors import ConfigError, InputError, MissingFileError
 if TYPE_CHECKING:
     from r2gen.models.module import R2GenModule
 
-FORMAT = 3
+FORMAT = 4
 # Keys an evaluation or prediction sets itself: how to score, what to read and write, on what hardware; never read
 # from a checkpoint.
 EVAL_ONLY = {"ckpt", "predictions", "split", "shuffle_images", "task_name", "trainer", "paths", "hydra", "logger",
@@ -49,6 +49,8 @@ FORMAT_1_ADDED = {
 }
 # Format 2 checkpoints predate these keys (format 3: the auxiliary finding loss).
 FORMAT_2_ADDED = {"data.finding_loss": 0.0}
+# Format 3 checkpoints predate these keys (format 4: the feature cache's dtype; those runs cached float32).
+FORMAT_3_ADDED = {"data.feature_cache_dtype": "float32"}
 
 
 def payload(module: R2GenModule, keys: set[str]) -> dict[str, Any]:
@@ -76,6 +78,8 @@ def read_checkpoint(path: str | Path | None) -> dict[str, Any]:
         ck["r2gen"] = {**ck["r2gen"], "format": 2, "config": _from_format_1(ck["hyper_parameters"]["cfg"])}
     if ck["r2gen"]["format"] < 3:
         ck["r2gen"] = {**ck["r2gen"], "format": 3, "config": _add_keys(ck["r2gen"]["config"], FORMAT_2_ADDED)}
+    if ck["r2gen"]["format"] < 4:
+        ck["r2gen"] = {**ck["r2gen"], "format": 4, "config": _add_keys(ck["r2gen"]["config"], FORMAT_3_ADDED)}
     return ck
 
 

@@ -32,11 +32,13 @@ log = logging.getLogger(__name__)
 def shuffle_images(dataset, seed: int) -> None:
     """Give every study another study's images (a cyclic shift of a random order): a model that reads the image
     loses its finding scores; one that ignores it keeps them."""
-    order = list(range(len(dataset.entries)))
+    entries = list(dataset.entries)
+    order = list(range(len(entries)))
     random.Random(seed).shuffle(order)
-    paths = [dataset.entries[i]["image_path"] for i in order]
+    paths = [entries[i]["image_path"] for i in order]
     for k, i in enumerate(order):
-        dataset.entries[i] = {**dataset.entries[i], "image_path": paths[(k + 1) % len(order)]}
+        entries[i] = {**entries[i], "image_path": paths[(k + 1) % len(order)]}
+    dataset.entries = entries  # packed again (a StudyDataset's studies are read-only numpy buffers)
 
 
 def read_predictions(path: str | Path) -> list[dict[str, str]]:

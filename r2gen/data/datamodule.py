@@ -8,10 +8,12 @@ encoder ignores them.
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -21,6 +23,7 @@ from r2gen.data.checks import check_studies
 from r2gen.data.clean import get_cleaner
 from r2gen.data.collate import Collator
 from r2gen.data.images import load_image
+from r2gen.data.packed import Strings, StudyTable
 from r2gen.data.resumable import ResumableLoader, ResumableRandomSampler, SkippingBatchSampler, worker_init
 from r2gen.data.transform import image_transform
 from r2gen.errors import InputError
@@ -29,14 +32,31 @@ log = logging.getLogger(__name__)
 
 
 class StudyDataset(Dataset):
-    def __init__(self, entries: list[dict], image_dir: Path, transform, num_views: int, clean):
-        self.entries, self.image_dir, self.transform, self.num_views = entries, image_dir, transform, num_views
-        self.reports = [clean(e["report"]) for e in entries]
-        self.token_lengths: list[int] | None = None  # target tokens per study, for data.group_by_length
+    """A split's studies as model inputs. `entries` (dicts with id, report, image_path) are packed into numpy
+    buffers (r2gen.data.packed.StudyTable), so DataLoader workers share them instead of copying them; `entries`
+    reads them back as dicts (the report cleaned), `reports` gives the cleaned reports."""
+
+    def __init__(self, entries, image_dir: Path, transform, num_views: int, clean):
+        self.image_dir, self.transform, self.num_views = image_dir, transform, num_views
+        self.table = StudyTable(entries, clean)
+        self.token_lengths: np.ndarray | None = None  # [N] target tokens per study, for data.group_by_length
         self.finding_labels: torch.Tensor | None = None  # [N, K] 1/0 labels of each report, for data.finding_loss
 
+    @property
+    def entries(self) -> StudyTable:
+        return self.table
+
+    @entries.setter
+    def entries(self, entries) -> None:
+        """Replace the studies (e.g. evaluate.py's shuffle_images); reports are taken as given: already cleaned."""
+        self.table = StudyTable(entries)
+
+    @property
+    def reports(self) -> Strings:
+        return self.table.reports
+
     def __len__(self) -> int:
-        return len(self.entries)
+        return len(self.table)
 
     @staticmethod
     def _load(path: Path, study_id) -> Any:
@@ -49,12 +69,12 @@ class StudyDataset(Dataset):
                              f"restore it, or remove it and resume with ckpt_path=<run>/checkpoints/last.ckpt") from None
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        e = self.entries[i]
-        views = [self.transform(self._load(self.image_dir / p, e["id"])) for p in e["image_path"][: self.num_views]]
+        sid = self.table.ids[i]
+        views = [self.transform(self._load(self.image_dir / p, sid)) for p in self.table.image_paths(i)[: self.num_views]]
         images = torch.zeros(self.num_views, *views[0].shape)
         images[: len(views)] = torch.stack(views)
         mask = torch.arange(self.num_views) < len(views)
-        return {"id": str(e["id"]), "images": images, "view_mask": mask, "report": self.reports[i], **self.extras(i)}
+        return {"id": sid, "images": images, "view_mask": mask, "report": self.table.reports[i], **self.extras(i)}
 
     def extras(self, i: int) -> dict[str, Any]:
         """What study `i` carries besides images and report (also served from a feature cache)."""
@@ -67,12 +87,13 @@ class ReportDataModule(pl.LightningDataModule):
     `collator` turns studies into batches (r2gen.data.collate; training needs one holding the LM's ReportTargets,
     without one batches carry images and report strings only); `features`, a FeatureCache
     (r2gen.data.feature_cache), serves a frozen encoder's stored outputs instead of images; `finding_labels`
-    (reports -> 1/0 per label) gives each training study the labels `data.finding_loss` learns."""
+    (reports -> 1/0 per label) gives each training study the labels `data.finding_loss` learns; with
+    `check_dir` (r2gen's cache folder), the set-up check remembers the images it found good there."""
 
     def __init__(self, cfg, image_size: int, mean, std, augment: bool, collator: Collator | None = None,
-                 features=None, finding_labels=None):
+                 features=None, finding_labels=None, check_dir: str | Path | None = None):
         super().__init__()
-        self.cfg = cfg
+        self.cfg, self.check_dir = cfg, check_dir
         self.image_size, self.mean, self.std, self.augment = image_size, tuple(mean), tuple(std), augment
         self.collator, self.features = collator or Collator(), features
         self.label_reports = finding_labels  # reports -> [[1/0 per label]]: training targets of data.finding_loss
@@ -89,15 +110,17 @@ class ReportDataModule(pl.LightningDataModule):
         if self.splits:
             return
         image_dir = Path(self.cfg.image_dir)
-        ann = check_studies(read_studies(self.cfg), image_dir, self.clean, self.cfg.on_bad_sample, source=self._source())
+        clean = functools.lru_cache(maxsize=None)(self.clean)  # each report cleaned once, by the check and the packing
+        ann = check_studies(read_studies(self.cfg), image_dir, clean, self.cfg.on_bad_sample, source=self._source(),
+                            manifest_dir=self.check_dir)
         for split in SPLITS:
             tf = image_transform(self.image_size, self.mean, self.std, self.augment and split == "train")
-            self.splits[split] = StudyDataset(ann[split], image_dir, tf, self.cfg.num_views, self.clean)
+            self.splits[split] = StudyDataset(ann[split], image_dir, tf, self.cfg.num_views, clean)
         if self.cfg.group_by_length:
             if self.collator.targets is None:
                 raise ValueError("data.group_by_length needs a collator with the LM's ReportTargets")
             train = self.splits["train"]
-            train.token_lengths = self.collator.targets.lengths(train.reports)
+            train.token_lengths = np.asarray(self.collator.targets.lengths(train.reports), dtype=np.int32)
 
     def _source(self) -> str:
         files = [self.cfg.get(f"{s}_file") for s in SPLITS]

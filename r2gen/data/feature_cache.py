@@ -9,10 +9,17 @@ One file per (split's image set, encoder, transform). Its name is a hash of
   * the encoder: timm name and version, and a hash of its weights as they are when the loader is built
     (after a checkpoint was loaded), so retraining or swapping the encoder never reads stale features,
   * the image transform (`repr` of the torchvision pipeline: size, interpolation, mean, std),
-so a change to any of them writes a new file. Files are written to a temporary name and moved into place with
+  * the stored dtype (`data.feature_cache_dtype`: float16 by default, half of float32's size; float32 opts out),
+so a change to any of them writes a new file. Before writing, the file's size (images x tokens x channels x bytes)
+is logged and checked against the folder's free space: too little is one `StorageError` naming both and the fixes.
+Files are written to a temporary name and moved into place with
 `os.replace`; a `<name>.json` beside it records shape, dtype and a checksum of sampled rows, checked on every
 load, so a truncated or overwritten file is rebuilt, never used. An exclusive `flock` on `<name>.lock` makes a
 second run (or DDP rank) sharing the folder wait for the first and then reuse its file.
+
+Building runs the encoder on the model's device (the GPU when there is one) while `data.num_workers` loader workers
+decode and resize the next batches. At MIMIC-CXR scale (368,960 images; Swin-B at 224 px: 49 tokens x 1,024
+channels) a split's file is ~37 GB in float16, ~74 GB in float32; every epoch then reads it memory-mapped.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import json
 import logging
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +39,14 @@ import timm
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from r2gen.errors import StorageError, UnsafeWriteError
+from r2gen.data.packed import Strings
+from r2gen.errors import ConfigError, StorageError, UnsafeWriteError
 
 log = logging.getLogger(__name__)
 FORMAT = 1
 CHECK_ROWS = 256  # rows hashed into the checksum (evenly spaced, first and last included): cheap even for MIMIC
+DTYPES = ("float16", "float32")  # numpy cannot store bfloat16; float16 keeps 10 mantissa bits, ample for features
+HEADROOM = 0.05, 100 * 2**20  # free space kept beyond a new file: 5% of its size + 100 MiB (logs, checkpoints)
 
 
 def weights_hash(module: torch.nn.Module) -> str:
@@ -97,11 +108,29 @@ def claim_folder(root: Path) -> None:
                            "another folder or data.feature_cache=off") from None
 
 
-class FeatureCache:
-    """Builds and opens the feature files of a frozen `ImageEncoder` under `root`."""
+def size_text(n: float) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
 
-    def __init__(self, encoder, root: str | Path, batch_size: int = 32, num_workers: int = 0):
-        self.encoder, self.root = encoder, Path(root)
+
+def check_space(folder: Path, size: int, what: str, dtype: str) -> None:
+    """Refuse (`StorageError`, one line) to write `size` bytes into `folder` unless it keeps `HEADROOM` free."""
+    free = shutil.disk_usage(folder).free
+    need = size + max(int(size * HEADROOM[0]), HEADROOM[1])
+    if free < need:
+        smaller = "" if dtype == "float16" else ", or data.feature_cache_dtype=float16 (half the size)"
+        raise StorageError(f"{what} needs {size_text(size)} (+{size_text(need - size)} headroom) but {folder} has "
+                           f"{size_text(free)} free; nothing was written: free space, set data.feature_cache=<a "
+                           f"folder on a disk with room>{smaller}, or data.feature_cache=off (encode every step)")
+
+
+class FeatureCache:
+    """Builds and opens the feature files of a frozen `ImageEncoder` under `root`, stored as `dtype`."""
+
+    def __init__(self, encoder, root: str | Path, batch_size: int = 32, num_workers: int = 0, dtype: str = "float16"):
+        if dtype not in DTYPES:
+            raise ConfigError(f"data.feature_cache_dtype={dtype!r}: choose float16 or float32 (numpy cannot store "
+                              f"bfloat16)")
+        self.encoder, self.root, self.dtype = encoder, Path(root), dtype
         self.batch_size, self.num_workers = batch_size, num_workers
         self.encoded_images = 0  # images this object ran through the encoder (tests and logs read it)
 
@@ -118,6 +147,8 @@ class FeatureCache:
             "transform": repr(dataset.transform),
             "images": [[p, *file_key(Path(dataset.image_dir) / p)] for p in images],
         }
+        if self.dtype != "float32":  # float32 files keep the names they had before the dtype was a choice
+            spec["dtype"] = self.dtype
         return hashlib.blake2b(json.dumps(spec).encode(), digest_size=16).hexdigest()
 
     # --- open or build -------------------------------------------------------------------------------
@@ -126,10 +157,11 @@ class FeatureCache:
         images = self.images_of(base)
         path = self.root / f"{split}-{self.key(base, images)}.npy"
         claim_folder(self.root)
+        rows = view_rows(base, images)
         with _locked(path.with_suffix(".lock")):
             if not self.valid(path):
-                self._build(path, base, images)
-        return CachedFeatures(base, path, {p: i for i, p in enumerate(images)})
+                self._build(path, base, len(images), rows)
+        return CachedFeatures(base, path, Strings(images), rows)
 
     @staticmethod
     def valid(path: Path) -> bool:
@@ -149,50 +181,84 @@ class FeatureCache:
         return ok
 
     @torch.inference_mode()
-    def _build(self, path: Path, base, images: list[str]) -> None:
-        row = {p: i for i, p in enumerate(images)}
+    def _build(self, path: Path, base, n_images: int, rows: np.ndarray) -> None:
+        """Encode every image of `base` into `path`; `rows` [N, V]: each study's rows in the file (-1: no view)."""
+        from tqdm import tqdm
+
         from r2gen.data.collate import collate
 
-        # its own generator: building the cache must not draw from the global RNG (the training shuffle's)
+        device = next(self.encoder.parameters()).device  # the model's: the GPU once Lightning has moved it there
+        # workers decode the next batches while the encoder runs; its own generator: building the cache must not
+        # draw from the global RNG (the training shuffle's)
         loader = DataLoader(base, batch_size=self.batch_size, num_workers=self.num_workers, collate_fn=collate,
-                            generator=torch.Generator())
-        device = next(self.encoder.parameters()).device
+                            generator=torch.Generator(), pin_memory=device.type == "cuda")
         was_training = self.encoder.training
         self.encoder.eval()
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        out, done = None, np.zeros(len(images), dtype=bool)
-        log.info("feature cache: encoding %d images of %d studies into %s", len(images), len(base), path)
+        out, done = None, np.zeros(n_images, dtype=bool)
+        limit = float(np.finfo(self.dtype).max)
+        bar = tqdm(total=n_images, desc=f"feature cache {path.stem[:5]}", unit="img", disable=None, delay=2)
         try:
             for b, batch in enumerate(loader):
                 keep = batch["view_mask"]  # [B, V]: real views only
-                tok = self.encoder.tokens(batch["images"][keep].to(device)).float().cpu().numpy()  # [n, L, C]
+                x = batch["images"][keep].to(device, non_blocking=True)
+                tok = self.encoder.tokens(x).float().cpu().numpy()  # [n, L, C]
                 self.encoded_images += len(tok)
-                rows = [row[p] for k in range(len(batch["ids"]))
-                        for p in base.entries[b * self.batch_size + k]["image_path"][: base.num_views]]
+                r = rows[b * self.batch_size: b * self.batch_size + len(keep)]
+                r = r[r >= 0]  # [n], in the order of the real views above
                 if out is None:
-                    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(images), *tok.shape[1:]))
-                out[rows] = tok
-                done[rows] = True
+                    shape = (n_images, *tok.shape[1:])
+                    size = int(np.prod(shape)) * np.dtype(self.dtype).itemsize
+                    what = (f"feature cache {path.name} ({n_images} images x {shape[1]} tokens x {shape[2]} "
+                            f"channels x {np.dtype(self.dtype).itemsize} bytes, {self.dtype})")
+                    log.info("%s: %s, encoding %d studies", what, size_text(size), len(base))
+                    check_space(path.parent, size, what, self.dtype)
+                    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=self.dtype, shape=shape)
+                if self.dtype == "float16" and np.abs(tok).max() > limit:
+                    raise ConfigError(f"data.feature_cache_dtype=float16: the encoder's features reach "
+                                      f"{np.abs(tok).max():.3g}, beyond float16's range ({limit:.0f}); set "
+                                      f"data.feature_cache_dtype=float32")
+                out[r] = tok
+                done[r] = True
+                bar.update(len(tok))
             if out is None or not done.all():
                 raise RuntimeError(f"feature cache {path}: {int((~done).sum())} images were never encoded")
             out.flush()
-            meta = {"shape": list(out.shape), "dtype": str(out.dtype), "checksum": _checksum(out), "images": len(images)}
+            meta = {"shape": list(out.shape), "dtype": str(out.dtype), "checksum": _checksum(out), "images": n_images}
             del out
             os.replace(tmp, path)
             meta_tmp = path.with_name(f".{path.stem}.{os.getpid()}.json.tmp")
             meta_tmp.write_text(json.dumps(meta))
             os.replace(meta_tmp, path.with_suffix(".json"))
         finally:
+            bar.close()
             tmp.unlink(missing_ok=True)
             self.encoder.train(was_training)
 
 
-class CachedFeatures(Dataset):
-    """A StudyDataset's studies with `features` [V, L, C] read from the feature file instead of `images`."""
+def view_rows(base, images: list[str]) -> np.ndarray:
+    """[N, V] int64: the feature-file row of each study's first `num_views` images (`images`: the file's sorted
+    paths), -1 where a study has fewer. An array, not a dict of paths: DataLoader workers share it."""
+    index = {p: i for i, p in enumerate(images)}
+    out = np.full((len(base), base.num_views), -1, dtype=np.int64)
+    for i, e in enumerate(base.entries):
+        for k, p in enumerate(e["image_path"][: base.num_views]):
+            out[i, k] = index[p]
+    return out
 
-    def __init__(self, base, path: Path, rows: dict[str, int]):
-        self.base, self.path, self.rows = base, path, rows
+
+class CachedFeatures(Dataset):
+    """A StudyDataset's studies with `features` [V, L, C] (float32, whatever the file stores) read from the feature
+    file instead of `images`."""
+
+    def __init__(self, base, path: Path, images: Strings, view_rows: np.ndarray):
+        self.base, self.path, self.images, self.view_rows = base, path, images, view_rows
         self._arr: np.ndarray | None = None  # opened lazily, once per process (DataLoader workers included)
+
+    @property
+    def rows(self) -> dict[str, int]:
+        """image path -> its row in the file (built on each call: for tools and tests, not the loader)."""
+        return {p: i for i, p in enumerate(self.images)}
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_arr": None}  # never pickle the mapped array into a worker
@@ -203,9 +269,9 @@ class CachedFeatures(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         if self._arr is None:
             self._arr = np.load(self.path, mmap_mode="r")
-        e, v = self.base.entries[i], self.base.num_views
-        rows = [self.rows[p] for p in e["image_path"][:v]]
-        feats = torch.zeros(v, *self._arr.shape[1:])
-        feats[: len(rows)] = torch.from_numpy(np.ascontiguousarray(self._arr[rows]))
-        return {"id": str(e["id"]), "features": feats, "view_mask": torch.arange(v) < len(rows),
+        v, rows = self.base.num_views, self.view_rows[i]
+        rows = rows[rows >= 0]
+        feats = torch.zeros(v, *self._arr.shape[1:])  # [V, L, C] float32
+        feats[: len(rows)] = torch.from_numpy(np.ascontiguousarray(self._arr[rows]))  # float16 widened here
+        return {"id": self.base.table.ids[i], "features": feats, "view_mask": torch.arange(v) < len(rows),
                 "report": self.base.reports[i], **self.base.extras(i)}
