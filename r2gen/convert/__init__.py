@@ -22,11 +22,11 @@ import json
 import os
 import shutil
 import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 
 from r2gen.errors import ConfigError, InputError, MissingFileError, UnsafeWriteError
+from r2gen.locks import exclusive
 
 # source format (lm.convert) -> the module that converts it; another remote-code family (InternLM2, Baichuan2 ->
 # llama) is one more module here
@@ -142,23 +142,6 @@ def convert(name: str, source: str | Path, out: str | Path, what: str = "source"
     return out
 
 
-@contextmanager
-def _lock(path: Path):
-    """An exclusive lock on `path` (POSIX): ranks of one run wait while the first converts, then reuse its folder."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: concurrent conversions stay correct (rename), only wasteful
-        yield
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def ensure_converted(name: str, source: str | Path, cache_dir: str | Path) -> Path:
     """`<cache_dir>/converted/<name>-<fingerprint>`: the native folder of `source` (lm.name_or_path), converted on
     first use and reused while the source's files are unchanged."""
@@ -172,7 +155,7 @@ def ensure_converted(name: str, source: str | Path, cache_dir: str | Path) -> Pa
     if target.exists() and any(target.iterdir()):  # not written by ensure_converted, which renames complete folders
         raise UnsafeWriteError(f"{target}: holds files but no {MARKER}, so it is not a finished conversion; "
                                "delete that folder to convert again")
-    with _lock(root / f".{target.name}.lock"):
+    with exclusive(root / f".{target.name}.lock"):  # DDP ranks wait while the first converts, then reuse it
         if not (target / MARKER).is_file():  # another process may have finished it while this one waited
             _write(name, folder, target, {"family": name, "version": mod.VERSION, "source": str(source),
                                           "fingerprint": fp})

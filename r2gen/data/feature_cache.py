@@ -24,7 +24,6 @@ channels) a split's file is ~37 GB in float16, ~74 GB in float32; every epoch th
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -41,6 +40,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from r2gen.data.packed import Strings
 from r2gen.errors import ConfigError, StorageError, UnsafeWriteError
+from r2gen.locks import exclusive
 
 log = logging.getLogger(__name__)
 FORMAT = 1
@@ -66,22 +66,6 @@ def file_key(path: Path) -> list:
 def _checksum(arr: np.ndarray) -> str:
     rows = np.unique(np.linspace(0, len(arr) - 1, min(len(arr), CHECK_ROWS)).astype(np.int64))
     return hashlib.blake2b(np.ascontiguousarray(arr[rows]).tobytes(), digest_size=16).hexdigest()
-
-
-@contextlib.contextmanager
-def _locked(path: Path):
-    """An exclusive lock on `path` (POSIX flock); elsewhere no lock: writes are atomic and checked anyway."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 MARKER = ".r2gen-feature-cache"
@@ -158,7 +142,7 @@ class FeatureCache:
         path = self.root / f"{split}-{self.key(base, images)}.npy"
         claim_folder(self.root)
         rows = view_rows(base, images)
-        with _locked(path.with_suffix(".lock")):
+        with exclusive(path.with_suffix(".lock")):
             if not self.valid(path):
                 self._build(path, base, len(images), rows)
         return CachedFeatures(base, path, Strings(images), rows)
