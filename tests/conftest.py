@@ -225,6 +225,19 @@ def build_family(out_dir: Path, family: str) -> str:
     return str(path)
 
 
+def built_once(root: Path, build):
+    """`get(name)`: `build(root / name, name)` on first use, its result remembered (tiny checkpoints a module's tests
+    share without building the ones a `-k` selection never asks for)."""
+    done: dict[str, str] = {}
+
+    def get(name: str) -> str:
+        if name not in done:
+            done[name] = str(build(root / name, name))
+        return done[name]
+
+    return get
+
+
 def batch(m, b=2, v=2, size=32):
     """A training batch for model `m` as its DataLoader gives one: random images and the reports as `m`'s target ids."""
     from r2gen.data.collate import ReportTargets

@@ -10,7 +10,7 @@ from r2gen.models.module import R2GenModule
 from r2gen.models.tiny_lm import build_causal_lm
 from r2gen.verify import verify
 
-from .conftest import GQA, LLAMA_SPECIAL, SMALL_NO_BUILD, TEXTS, batch, run_cli, train_steps
+from .conftest import GQA, LLAMA_SPECIAL, SMALL_NO_BUILD, TEXTS, batch, built_once, run_cli, train_steps
 
 NO_PAD_NO_BOS = {"bos_token": None, "eos_token": "<|endoftext|>", "pad_token": None, "unk_token": None}
 # family -> (model_type, special tokens, config, the pad auto must pick, the attention transformers must end on)
@@ -29,17 +29,11 @@ HELD_OUT = {
 
 @pytest.fixture(scope="module")
 def held_out(tmp_path_factory):
-    root = tmp_path_factory.mktemp("any_lm")
-    built: dict[str, str] = {}
+    def build(out, family):
+        model_type, special, kw, _, _ = HELD_OUT[family]
+        return build_causal_lm(out, TEXTS, model_type=model_type, vocab_size=300, special=special, **kw)
 
-    def get(family: str) -> str:
-        if family not in built:
-            model_type, special, kw, _, _ = HELD_OUT[family]
-            built[family] = str(build_causal_lm(root / family, TEXTS, model_type=model_type, vocab_size=300,
-                                                special=special, **kw))
-        return built[family]
-
-    return get
+    return built_once(tmp_path_factory.mktemp("any_lm"), build)
 
 
 @pytest.mark.parametrize("family", list(HELD_OUT))

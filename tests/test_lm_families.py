@@ -9,7 +9,7 @@ import torch
 
 from r2gen.models.module import R2GenModule
 
-from .conftest import FAMILIES, ROOT, SMALL_NO_BUILD, batch, build_family, lm_yaml, train_steps
+from .conftest import FAMILIES, ROOT, SMALL_NO_BUILD, batch, build_family, built_once, lm_yaml, train_steps
 
 LM_DIR = ROOT / "r2gen" / "conf" / "lm"
 LM_NAMES = sorted(p.stem for p in LM_DIR.glob("*.yaml"))
@@ -56,15 +56,7 @@ def test_unsupported_backbone_fails_before_loading(make_cfg):
 # --- tiny random checkpoints of each family --------------------------------------------------------------
 @pytest.fixture(scope="module")
 def family_dirs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("families")
-    cache: dict[str, str] = {}
-
-    def get(family: str) -> str:
-        if family not in cache:
-            cache[family] = build_family(root / family, family)
-        return cache[family]
-
-    return get
+    return built_once(tmp_path_factory.mktemp("families"), build_family)
 
 
 def family_module(make_cfg, family_dirs, family: str, *overrides: str) -> R2GenModule:
