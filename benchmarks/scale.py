@@ -174,16 +174,19 @@ def python_size(studies: list[dict]) -> int:
     return size
 
 
-def touch_in_fork(studies) -> dict[str, float]:
+def touch_in_fork(studies, freeze: bool) -> dict[str, float]:
     """MB a forked process (as a DataLoader worker is) makes private by reading every study once (`read`: the
     copy-on-access cost per worker once an epoch has touched every study), then by a full pass of the cyclic GC
-    (`gc`: it writes a header of every tracked object in the process, the studies' dicts and all else)."""
+    (`gc`: it writes a header of every tracked object in the process, the studies' dicts and all else, unless
+    `freeze`: r2gen's worker_init calls `gc.freeze()` first, so inherited objects are never scanned)."""
     import psutil
 
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: read every study as StudyDataset.__getitem__ would, then a full GC pass
         os.close(r)
+        if freeze:
+            gc.freeze()
         uss = [psutil.Process().memory_full_info().uss]
         n = 0
         for e in studies:
@@ -231,10 +234,11 @@ def measure_datasets(tree: Path, cache: Path) -> dict:
     # a forked worker reading every training study: with the dicts StudyDataset used to hold (alive, as they were
     # then), and packed once the dicts are gone (as now, after set-up)
     as_dicts = [dict(e, report=clean(e["report"])) for e in checked["train"]]
-    touched = {"dicts (before)": touch_in_fork(as_dicts)}
+    touched = {"dicts (before)": touch_in_fork(as_dicts, freeze=False)}
     del ann, checked, as_dicts
     gc.collect()
-    touched["packed (now)"] = touch_in_fork(splits["train"].entries)
+    touched["packed, no gc.freeze"] = touch_in_fork(splits["train"].entries, freeze=False)
+    touched["packed + gc.freeze (now)"] = touch_in_fork(splits["train"].entries, freeze=True)
     out["worker_private_after_touching_all_train_studies_mb"] = touched
     out["rss_datasets_mb"] = self_rss_mb()
     out["peak_rss_mb"] = self_peak_mb()

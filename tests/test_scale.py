@@ -90,6 +90,34 @@ def test_packed_studies_hold_no_python_object_per_study():
     assert table[n - 1] == entries[n - 1] and list(table) == entries
 
 
+class _ScannedInWorker(torch.utils.data.Dataset):
+    """Whether the cyclic GC of a loader worker still scans an object the main process made."""
+
+    def __init__(self):
+        self.inherited = [[] for _ in range(3)]  # containers: tracked by the GC
+
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, i):
+        return any(o is self.inherited for o in gc.get_objects())  # frozen objects are not listed
+
+
+def test_loader_workers_leave_inherited_objects_to_the_main_process():
+    """r2gen's worker_init freezes what a forked worker inherits, so its GC never writes into those pages (the
+    ~100 MB per worker benchmarks/scale.py measured)."""
+    from torch.utils.data import DataLoader
+
+    from r2gen.data.resumable import worker_init
+
+    ds = _ScannedInWorker()
+    assert ds[0]  # here, in the main process, it is scanned
+    frozen = DataLoader(ds, num_workers=1, worker_init_fn=worker_init, multiprocessing_context="fork")
+    assert [bool(x) for x in frozen] == [False]
+    plain = DataLoader(ds, num_workers=1, multiprocessing_context="fork")
+    assert [bool(x) for x in plain] == [True]  # without it, scanned
+
+
 def test_strings_round_trip_and_slices():
     items = ["", "a", "ünïcode", "x" * 1000, ""]
     s = Strings(items)

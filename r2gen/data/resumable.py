@@ -14,6 +14,7 @@ augmentation RNGs are seeded afresh on resume (torch seeds them when they start)
 
 from __future__ import annotations
 
+import gc
 import itertools
 import os
 import signal
@@ -28,7 +29,13 @@ def worker_init(worker_id: int) -> None:
     """`worker_init_fn` of every r2gen DataLoader with workers. A terminal's Ctrl-C reaches the whole process group;
     torch's workers would exit on it and the next batch would crash the run, while the main process stops cleanly
     by itself (r2gen.resume): workers ignore SIGINT. Then Lightning's own worker seeding, which any worker_init_fn
-    replaces (`seed_everything(workers=True)` sets PL_SEED_WORKERS), so workers draw exactly as before."""
+    replaces (`seed_everything(workers=True)` sets PL_SEED_WORKERS), so workers draw exactly as before.
+
+    `gc.freeze()` first: a forked worker inherits every Python object of the main process (the model's modules, the
+    config, ...), and the first full pass of the cyclic GC would write a header in each, copying their pages into
+    the worker (~100 MB each in benchmarks/scale.py). Frozen, the inherited objects are never scanned; freezing
+    moves them as one list, touching no object; what the worker allocates itself is collected as usual."""
+    gc.freeze()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if int(os.environ.get("PL_SEED_WORKERS", 0)):
         from lightning_fabric.utilities.seed import pl_worker_init_function
