@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed  ## create .venv and install r2gen with its test tools
 
-demo: install  ## train on the built-in synthetic demo (CPU, ~4 min), then evaluate its best checkpoint
+demo: install  ## train on the built-in synthetic demo (CPU, ~3 min), then evaluate its best checkpoint
 	@if [ -e $(RUN)/checkpoints/best.ckpt ]; then \
 		echo "$(RUN) is already trained: evaluating it again (make clean, or RUN=<new folder>, trains anew)"; \
 	else $(PY) train.py hydra.run.dir=$(RUN) test_after_fit=false; fi
@@ -26,7 +26,7 @@ demo: install  ## train on the built-in synthetic demo (CPU, ~4 min), then evalu
 test: install  ## run the whole test suite (what CI runs)
 	$(PY) -m pytest -q
 
-test-fast: install  ## the tests not marked slow (no fresh processes, no multi-epoch runs): about 40 s
+test-fast: install  ## the tests not marked slow (no fresh processes, no multi-epoch runs): about 1 minute
 	$(PY) -m pytest -q -m "not slow"
 
 lint: install  ## ruff
