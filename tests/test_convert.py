@@ -310,6 +310,8 @@ def test_prompt_is_chatglm3_chat_input(make_cfg):
     assert m.prompt.prefix == [701, 703, 706, *tok("\n", add_special_tokens=False).input_ids, 632]
     assert m.prompt.suffix[-1] == tok.convert_tokens_to_ids("<|assistant|>")
     assert tok.decode(m.prompt.suffix).startswith("Generate a comprehensive")
+    # a report ends on </s>, and generation also stops where the original chat model's turn would end
+    assert m.gen_config.eos_token_id == [tok.eos_token_id, *tok.convert_tokens_to_ids(["<|user|>", "<|observation|>"])]
     trainable = [n for n, p in m.lm_model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
     assert {t for n in trainable for t in ("q_proj", "k_proj", "v_proj", "o_proj") if f".{t}." in n} == \

@@ -100,3 +100,29 @@ def test_generate_returns_one_report_per_study(make_cfg, lm_dirs):
 def test_bad_config_values_name_the_key(make_cfg, lm_dirs, override, match):
     with pytest.raises(ValueError, match=match):
         R2GenModule(make_cfg(override), lm_path=lm_dirs[32])
+
+
+def test_generation_stops_at_the_models_end_of_turn_tokens(make_cfg, tmp_path):
+    """An instruct model's generation config lists end-of-turn stops besides eos (Llama-3's <|eot_id|>, Qwen2's
+    <|im_end|>): r2gen's generation stops at them too (decoding drops the token, not what would follow it). An
+    ordinary token listed there is not a stop: it may occur inside a report."""
+    from transformers import AutoTokenizer, GenerationConfig
+
+    path = build_causal_lm(tmp_path / "lm", TEXTS, vocab_size=200, extra_tokens=["<|eot|>"], hidden_size=32,
+                           intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2)
+    tok = AutoTokenizer.from_pretrained(path)
+    eot, word = tok.convert_tokens_to_ids("<|eot|>"), tok("the heart", add_special_tokens=False).input_ids[0]
+    gen = GenerationConfig.from_pretrained(path)
+    gen.eos_token_id = [word, eot, tok.eos_token_id]
+    gen.save_pretrained(path)
+    m = R2GenModule(make_cfg("generate.num_beams=1", "generate.max_new_tokens=8", "generate.min_new_tokens=0"),
+                    lm_path=str(path)).eval()
+    assert m.gen_config.eos_token_id == [tok.eos_token_id, eot]  # eos first: what reports are trained to end on
+
+    prompt = tok("the", return_tensors="pt")
+    m.gen_config.sequence_bias = [[[eot], 100.0]]  # the model writes <|eot|> first
+    out = m.lm_model.generate(**prompt, generation_config=m.gen_config)
+    assert out[0, prompt.input_ids.shape[1]:].tolist() == [eot]  # and stops there
+    m.gen_config.eos_token_id = tok.eos_token_id  # as before: eos alone
+    out = m.lm_model.generate(**prompt, generation_config=m.gen_config)
+    assert out.shape[1] - prompt.input_ids.shape[1] == 8  # it wrote on to max_new_tokens

@@ -184,6 +184,19 @@ def load_lm(lm_cfg, quantization_config=None, path: str | None = None):
     return model, tokenizer
 
 
+def stop_ids(model_eos, tokenizer) -> int | list[int]:
+    """Where generation stops: the tokenizer's eos (what every report is trained to end on), then the other stops the
+    model's generation config names (`model_eos`: an id, a list or None) that are special tokens of the tokenizer: an
+    instruct model's end of turn (Llama-3's <|eot_id|>, Qwen2's <|im_end|>, ChatGLM3's <|user|>). A model that emits
+    one has finished its answer; without it generation would run on, and decoding (which drops special tokens, not
+    what follows them) would append that text to the report. An ordinary token a config lists is left out: it may
+    occur inside a report."""
+    ids = model_eos if isinstance(model_eos, list | tuple) else [] if model_eos is None else [model_eos]
+    special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    extra = [int(i) for i in ids if int(i) in special and int(i) != tokenizer.eos_token_id]
+    return [tokenizer.eos_token_id, *dict.fromkeys(extra)] if extra else tokenizer.eos_token_id
+
+
 def generation_config(model, tokenizer, kwargs: dict[str, Any]) -> GenerationConfig:
     """The model's generation config updated with `generate.*`; an unknown or inconsistent kwarg fails here,
     when the run starts, naming the config key, instead of being dropped silently by `generate`."""
@@ -193,7 +206,7 @@ def generation_config(model, tokenizer, kwargs: dict[str, Any]) -> GenerationCon
         keys = ", ".join(f"generate.{k}" for k in unknown)
         raise ConfigError(f"{keys}: not a generation option of transformers' GenerationConfig; remove it or fix the name")
     gen.pad_token_id = tokenizer.pad_token_id
-    gen.eos_token_id = tokenizer.eos_token_id
+    gen.eos_token_id = stop_ids(gen.eos_token_id, tokenizer)
     gen.bos_token_id = tokenizer.bos_token_id
     try:
         gen.validate(strict=True)
