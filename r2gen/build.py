@@ -62,30 +62,36 @@ def lm_path(cfg: DictConfig) -> str:
 
 
 def datamodule(cfg: DictConfig, model) -> ReportDataModule:
-    """The DataModule: image size and normalisation from the encoder's timm data config, a collator holding the
-    model's tokenizer (reports become target ids in the loader workers) and, for a frozen encoder fed
-    un-augmented images, its feature cache."""
-    dc = model.encoder.data_config()
+    """The DataModule of a model (an R2GenModule): see `encoder_datamodule`; the collator holds the model's tokenizer
+    (reports become target ids in the loader workers), and with `data.finding_loss` training studies carry labels."""
+    return encoder_datamodule(cfg, model.encoder, model.encoder_mode,
+                              ReportTargets(model.tokenizer, cfg.data.max_report_tokens), model.finding_head is not None)
+
+
+def encoder_datamodule(cfg: DictConfig, encoder, encoder_mode: str, targets: ReportTargets | None = None,
+                       finding_labels: bool = False) -> ReportDataModule:
+    """The DataModule for `encoder`: image size and normalisation from its timm data config and, for a frozen encoder
+    fed un-augmented images, its feature cache. Without `targets`, batches carry images and report strings only."""
+    dc = encoder.data_config()
     size = cfg.data.image_size or dc["input_size"][-1]
     augment = cfg.data.augment
     if augment == "auto":  # jitter helps an encoder that learns; a frozen one would only see noise
-        augment = model.encoder_mode != "frozen"
+        augment = encoder_mode != "frozen"
     elif not isinstance(augment, bool):
         raise ConfigError(f"data.augment={augment!r}: choose auto, true or false")
     features = None
-    cache_dir = feature_cache_dir(cfg, model.encoder_mode, augment)
+    cache_dir = feature_cache_dir(cfg, encoder_mode, augment)
     if cache_dir is not None:
         from r2gen.data.feature_cache import FeatureCache
 
-        features = FeatureCache(model.encoder, cache_dir, cfg.data.eval_batch_size, cfg.data.num_workers,
+        features = FeatureCache(encoder, cache_dir, cfg.data.eval_batch_size, cfg.data.num_workers,
                                 cfg.data.feature_cache_dtype)
-    collator = Collator(ReportTargets(model.tokenizer, cfg.data.max_report_tokens))
     labels = None
-    if model.finding_head is not None:  # data.finding_loss: the labeler's findings of each training report
+    if finding_labels:  # data.finding_loss: the labeler's findings of each training report
         from r2gen.scoring.policy import Scoring
 
         labels = Scoring.from_config(cfg).label_matrix
-    return ReportDataModule(cfg.data, size, dc["mean"], dc["std"], augment, collator, features, labels,
+    return ReportDataModule(cfg.data, size, dc["mean"], dc["std"], augment, Collator(targets), features, labels,
                             check_dir=Path(cfg.paths.cache_dir) / "setup-check")
 
 

@@ -1,7 +1,7 @@
 """Build the frozen-feature cache ahead of training: `python -m r2gen.cache align=shallow [data=... encoder=...]`.
 
-Takes the same overrides as `train.py` and builds the model the same way (same seed, same encoder weights, same
-image transform), then runs every train/val/test image through the frozen encoder once. A later `train.py` or
+Takes the same overrides as `train.py` and builds its image encoder the same way (same seed, same encoder weights,
+same image transform; the LM is never loaded), then runs every train/val/test image through the frozen encoder once. A later `train.py` or
 `evaluate.py` with that config finds the files (their names hash images, encoder weights, transform and
 `data.feature_cache_dtype`) and never runs the encoder; runs that share `paths.cache_dir` (or `data.feature_cache=
 <folder>`) share them. It also runs the set-up check, whose manifest (`<paths.cache_dir>/setup-check/`) lets every
@@ -20,23 +20,26 @@ from omegaconf import DictConfig
 from r2gen import build
 from r2gen.data.datamodule import SPLITS
 from r2gen.errors import ConfigError
-from r2gen.models.module import R2GenModule
+from r2gen.models.module import image_encoder
+from r2gen.models.trainable import apply_align
 
 log = logging.getLogger(__name__)
 
 
 def build_cache(cfg: DictConfig) -> dict[str, str]:
-    """Encode every image of every split into the cache `cfg` points at; returns split -> feature file."""
+    """Encode every image of every split into the cache `cfg` points at; returns split -> feature file. Only the
+    encoder is built: the LM (gigabytes to load, or to convert) plays no part in the features or their files' names."""
     pl.seed_everything(cfg.seed, workers=True)  # as train.py: a randomly initialised frozen encoder matches too
     build.prepare_data(cfg.data)
-    model = R2GenModule(cfg, lm_path=build.lm_path(cfg))
-    dm = build.datamodule(cfg, model)
+    encoder = image_encoder(cfg)
+    mode = apply_align(encoder, cfg.align)
+    dm = build.encoder_datamodule(cfg, encoder, mode)
     if dm.features is None:
         raise ConfigError(f"data.feature_cache={cfg.data.get('feature_cache')}: this config caches no features "
-                          f"(align.encoder={model.encoder_mode}); the cache serves a frozen encoder on un-augmented "
+                          f"(align.encoder={mode}); the cache serves a frozen encoder on un-augmented "
                           "images: add align=shallow (and data.feature_cache=auto or a folder)")
     if torch.cuda.is_available():
-        model.encoder.cuda()
+        encoder.cuda()
     dm.setup()
     files = {}
     for split in SPLITS:

@@ -148,13 +148,21 @@ def test_damaged_cache_file_is_rebuilt_not_used(make_cfg, count_encoder, damage)
     assert torch.equal(again[0]["features"][0], torch.from_numpy(good[row]))
 
 
-def test_cache_built_ahead_by_the_command_is_what_training_reads(make_cfg, count_encoder):
+def test_cache_built_ahead_by_the_command_is_what_training_reads(make_cfg, count_encoder, monkeypatch):
+    """The command builds the encoder alone (a 7B LM would take minutes to load and play no part), with the weights
+    train.py's model gets: a randomly initialised one included, so training finds every file."""
     from r2gen.cache import build_cache
 
     cfg = make_cfg("align=shallow", "seed=11")
     build.prepare_data(cfg.data)
     build.lm_path(cfg)  # the tiny LM exists before either run, as after any first run
-    files = build_cache(cfg)
+
+    def no_lm(*args, **kwargs):
+        raise AssertionError("the cache command loaded an LM")
+
+    with monkeypatch.context() as mp:  # its own context: undoing it keeps count_encoder's patch
+        mp.setattr("r2gen.models.module.load_lm", no_lm)
+        files = build_cache(cfg)
     assert set(files) == {"train", "val", "test"} and count_encoder["images"] > 0
     count_encoder["images"] = 0
     train(make_cfg("align=shallow", "seed=11"))  # test_after_fit=true: train, val and test all come from the files

@@ -28,6 +28,14 @@ from r2gen.models.trainable import apply_align, apply_lm_training, count_params
 log = logging.getLogger(__name__)
 
 
+def image_encoder(cfg: DictConfig) -> ImageEncoder:
+    """The run's image encoder, as `R2GenModule` builds it before anything else: right after `seed_everything`, a
+    randomly initialised one gets the same weights here and there (`python -m r2gen.cache` builds it alone)."""
+    return ImageEncoder(cfg.encoder.name, cfg.encoder.pretrained, cfg.data.view_fusion, cfg.encoder.gradient_checkpointing,
+                        image_size=cfg.data.image_size or None,  # null: the encoder's own size
+                        **(cfg.encoder.kwargs or {}))
+
+
 class R2GenModule(pl.LightningModule):
     def __init__(self, cfg: DictConfig | dict, lm_path: str | None = None):
         """`lm_path`: where the LM folder is; default `r2gen.build.lm_path(cfg)` (a locally built LM, lm=tiny, or a
@@ -42,10 +50,7 @@ class R2GenModule(pl.LightningModule):
         self.cfg = cfg
         self.strict_loading = False  # checkpoints hold only what cannot be rebuilt; on_load_checkpoint checks it
 
-        self.encoder = ImageEncoder(cfg.encoder.name, cfg.encoder.pretrained, cfg.data.view_fusion,
-                                    cfg.encoder.gradient_checkpointing,
-                                    image_size=cfg.data.image_size or None,  # null: the encoder's own size
-                                    **(cfg.encoder.kwargs or {}))
+        self.encoder = image_encoder(cfg)  # first: a random initialisation depends on the seed alone
         quant = quantization_config(cfg.quant, cfg.lm)  # None unless quant=4bit|8bit
         self.lm_model, self.tokenizer = load_lm(cfg.lm, quant, path=lm_path)
         text_cfg = self.lm_model.config.get_text_config()
