@@ -43,9 +43,9 @@ from r2gen import build
 from r2gen.checkpoint import cli_overrides, load_model, rebuild
 from r2gen.checkpoint_io import fsync_dir
 from r2gen.data.annotations import cell_paths, table_rows
-from r2gen.data.checks import POLICIES, SHOW
+from r2gen.data.checks import POLICIES, SHOW, image_problems
 from r2gen.data.datamodule import StudyDataset, image_transform
-from r2gen.data.images import DICOM_SUFFIXES, PIL_SUFFIXES, image_problem, is_dicom
+from r2gen.data.images import DICOM_SUFFIXES, PIL_SUFFIXES, is_dicom
 from r2gen.data.resumable import worker_init
 from r2gen.errors import ConfigError, InputError, MissingFileError, StorageError, UnsafeWriteError, UserError
 from r2gen.scoring.policy import Scoring
@@ -202,11 +202,13 @@ def usable_studies(studies: list[Study], num_views: int, on_bad_sample: str, sou
         log.warning("%d studies have more than data.num_views=%d images: the first %d (in name or column order) are "
                     "used", cut, num_views, num_views)
     studies = [{**s, "image_path": s["image_path"][:num_views]} for s in studies]
+    # the set-up check's own reader: every image once, in threads, with a progress bar on a terminal
+    problems, _ = image_problems(Path("/"), list(dict.fromkeys(p for s in studies for p in s["image_path"])))
     bad = []  # (id, path, reason)
     for s in studies:
         if not s["image_path"]:
             bad.append((s["id"], s["where"], "the study has no image"))
-        bad += [(s["id"], p, reason) for p in s["image_path"] if (reason := image_problem(p))]
+        bad += [(s["id"], p, problems[p]) for p in s["image_path"] if p in problems]
     if not bad:
         return studies
     ids = {i for i, _, _ in bad}
