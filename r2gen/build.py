@@ -64,8 +64,8 @@ def lm_path(cfg: DictConfig) -> str:
 def datamodule(cfg: DictConfig, model) -> ReportDataModule:
     """The DataModule of a model (an R2GenModule): see `encoder_datamodule`; the collator holds the model's tokenizer
     (reports become target ids in the loader workers), and with `data.finding_loss` training studies carry labels."""
-    return encoder_datamodule(cfg, model.encoder, model.encoder_mode,
-                              ReportTargets(model.tokenizer, cfg.data.max_report_tokens), model.finding_head is not None)
+    targets = ReportTargets(model.tokenizer, cfg.data.max_report_tokens)
+    return encoder_datamodule(cfg, model.encoder, model.encoder_mode, targets, model.finding_head is not None)
 
 
 def encoder_datamodule(cfg: DictConfig, encoder, encoder_mode: str, targets: ReportTargets | None = None,

@@ -1,12 +1,12 @@
 """Build the frozen-feature cache ahead of training: `python -m r2gen.cache align=shallow [data=... encoder=...]`.
 
 Takes the same overrides as `train.py` and builds its image encoder the same way (same seed, same encoder weights,
-same image transform; the LM is never loaded), then runs every train/val/test image through the frozen encoder once. A later `train.py` or
-`evaluate.py` with that config finds the files (their names hash images, encoder weights, transform and
-`data.feature_cache_dtype`) and never runs the encoder; runs that share `paths.cache_dir` (or `data.feature_cache=
-<folder>`) share them. It also runs the set-up check, whose manifest (`<paths.cache_dir>/setup-check/`) lets every
-later run, and every rank of a multi-GPU run, stat the images instead of opening them. Useful to encode once on one
-GPU before many runs.
+same image transform; the LM is never loaded), then runs every train/val/test image through the frozen encoder
+once. A later `train.py` or `evaluate.py` with that config finds the files (their names hash images, encoder
+weights, transform and `data.feature_cache_dtype`) and never runs the encoder; runs that share `paths.cache_dir`
+(or `data.feature_cache=<folder>`) share them. It also runs the set-up check, whose manifest
+(`<paths.cache_dir>/setup-check/`) lets every later run, and every rank of a multi-GPU run, stat the images instead
+of opening them. Useful to encode once on one GPU before many runs.
 """
 
 from __future__ import annotations

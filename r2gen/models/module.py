@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 def image_encoder(cfg: DictConfig) -> ImageEncoder:
     """The run's image encoder, as `R2GenModule` builds it before anything else: right after `seed_everything`, a
     randomly initialised one gets the same weights here and there (`python -m r2gen.cache` builds it alone)."""
-    return ImageEncoder(cfg.encoder.name, cfg.encoder.pretrained, cfg.data.view_fusion, cfg.encoder.gradient_checkpointing,
+    return ImageEncoder(cfg.encoder.name, cfg.encoder.pretrained, cfg.data.view_fusion,
+                        cfg.encoder.gradient_checkpointing,
                         image_size=cfg.data.image_size or None,  # null: the encoder's own size
                         **(cfg.encoder.kwargs or {}))
 
