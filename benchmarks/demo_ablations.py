@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from demo_seeds import ROOT, SCORES, cpu_model, fit_seconds, run  # noqa: E402
+from demo_seeds import ROOT, SCORES, cpu_model, per_finding, train_demo  # noqa: E402
 
 # name -> (what it asks, overrides)
 VARIANTS = {
@@ -50,14 +50,10 @@ def curve(metrics_csv: Path) -> list[dict]:
 
 def one(name: str, overrides: list[str], seed: int, clone: Path, work: Path) -> dict:
     out = clone / "outputs" / name
-    t0 = time.perf_counter()
-    log = run([sys.executable, "train.py", f"seed={seed}", f"hydra.run.dir={out}", "trainer.enable_progress_bar=false",
-               *overrides], clone, work / f"train-{name}.log")
-    wall = time.perf_counter() - t0
-    test = json.loads((out / "test" / "metrics.json").read_text())
-    per = {k.split("/", 1)[1]: v for k, v in test.items() if k.startswith("f1/")}
-    return {"variant": name, "what": VARIANTS[name][0], "overrides": overrides, "fit_seconds": fit_seconds(log),
-            "train_py_wall_seconds": round(wall, 1), "load_after": os.getloadavg(),
+    fit, wall, test = train_demo(clone, out, seed, overrides, work / f"train-{name}.log")
+    per = per_finding(test)
+    return {"variant": name, "what": VARIANTS[name][0], "overrides": overrides, "fit_seconds": fit,
+            "train_py_wall_seconds": wall, "load_after": os.getloadavg(),
             "test": {k: test[k] for k in SCORES}, "min_finding_f1": min(per.values()), "f1_per_finding": per,
             "val_curve": curve(out / "csv" / "metrics.csv")}
 

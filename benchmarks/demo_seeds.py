@@ -55,15 +55,25 @@ def run(cmd: list[str], cwd: Path, log: Path) -> str:
     return r.stdout + r.stderr
 
 
+def train_demo(clone: Path, out: Path, seed: int, overrides: list[str], log: Path) -> tuple[float, float, dict]:
+    """`python train.py seed=<seed> <overrides>` in `clone` into `out`: (Lightning's fit seconds, train.py's wall
+    seconds, the test split's metrics.json)."""
+    t0 = time.perf_counter()
+    text = run([sys.executable, "train.py", f"seed={seed}", f"hydra.run.dir={out}", "trainer.enable_progress_bar=false",
+                *overrides], clone, log)
+    wall = round(time.perf_counter() - t0, 1)
+    return fit_seconds(text), wall, json.loads((out / "test" / "metrics.json").read_text())
+
+
+def per_finding(test: dict) -> dict[str, float]:
+    return {k.split("/", 1)[1]: v for k, v in test.items() if k.startswith("f1/")}
+
+
 def one_seed(seed: int, overrides: list[str], work: Path) -> dict:
     clone = work / f"r2gen-seed{seed}"
     subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True)
     out = clone / "outputs" / "demo"
-    t0 = time.perf_counter()
-    log = run([sys.executable, "train.py", f"seed={seed}", f"hydra.run.dir={out}", "trainer.enable_progress_bar=false",
-               *overrides], clone, work / f"train-{seed}.log")
-    wall = time.perf_counter() - t0
-    test = json.loads((out / "test" / "metrics.json").read_text())
+    fit, wall, test = train_demo(clone, out, seed, overrides, work / f"train-{seed}.log")
     shuffled_dir = clone / "outputs" / "shuffled"
     run([sys.executable, "evaluate.py", f"ckpt={out / 'checkpoints' / 'best.ckpt'}", "shuffle_images=true",
          f"hydra.run.dir={shuffled_dir}", "trainer.enable_progress_bar=false"], clone, work / f"shuffle-{seed}.log")
@@ -71,10 +81,10 @@ def one_seed(seed: int, overrides: list[str], work: Path) -> dict:
     provenance = json.loads((out / "provenance.json").read_text())
     return {
         "seed": seed,
-        "fit_seconds": fit_seconds(log),
-        "train_py_wall_seconds": round(wall, 1),
+        "fit_seconds": fit,
+        "train_py_wall_seconds": wall,
         "test": {k: test[k] for k in SCORES},
-        "f1_per_finding": {k.split("/", 1)[1]: v for k, v in test.items() if k.startswith("f1/")},
+        "f1_per_finding": per_finding(test),
         "shuffled_images_finding_f1_macro": shuffled["finding_f1_macro"],
         "commit": provenance["r2gen"]["commit"],
         "dirty": provenance["r2gen"]["dirty"],
