@@ -225,6 +225,23 @@ def build_family(out_dir: Path, family: str) -> str:
     return str(path)
 
 
+def shallow(make_cfg, *overrides, seed=0):
+    """A shallow-alignment model (random frozen encoder, seeded) and its datamodule, set up."""
+    import pytorch_lightning as pl
+
+    from r2gen import build
+    from r2gen.models.module import R2GenModule
+
+    cfg = make_cfg("align=shallow", *overrides)
+    build.prepare_data(cfg.data)
+    path = build.lm_path(cfg)  # building the LM on first use draws random numbers: before the seed
+    pl.seed_everything(seed)
+    model = R2GenModule(cfg, lm_path=path)
+    dm = build.datamodule(cfg, model)
+    dm.setup()
+    return cfg, model, dm
+
+
 def built_once(root: Path, build):
     """`get(name)`: `build(root / name, name)` on first use, its result remembered (tiny checkpoints a module's tests
     share without building the ones a `-k` selection never asks for)."""

@@ -5,13 +5,13 @@ import json
 
 import numpy as np
 import pytest
-import pytorch_lightning as pl
 import torch
 
 from r2gen import build
 from r2gen.models.encoder import ImageEncoder
-from r2gen.models.module import R2GenModule
 from r2gen.train import train
+
+from .conftest import shallow
 
 
 @pytest.fixture
@@ -26,18 +26,6 @@ def count_encoder(monkeypatch):
 
     monkeypatch.setattr(ImageEncoder, "tokens", counting)
     return calls
-
-
-def shallow(make_cfg, *overrides, seed=0):
-    """A shallow-alignment model (random frozen encoder, seeded) and its datamodule, set up."""
-    cfg = make_cfg("align=shallow", *overrides)
-    build.prepare_data(cfg.data)
-    path = build.lm_path(cfg)  # building the LM on first use draws random numbers: before the seed
-    pl.seed_everything(seed)
-    model = R2GenModule(cfg, lm_path=path)
-    dm = build.datamodule(cfg, model)
-    dm.setup()
-    return cfg, model, dm
 
 
 def test_cached_and_uncached_training_compute_the_same_loss(make_cfg):
@@ -106,7 +94,7 @@ def test_loader_without_cache_serves_images_when_the_encoder_trains(make_cfg):
 def test_change_of_image_size_or_encoder_invalidates(make_cfg, count_encoder):
     _, model, dm = shallow(make_cfg)
     ds = dm.features.dataset("val", dm.splits["val"])
-    first, n = ds.path, len(ds.rows)
+    first, n = ds.path, len(ds.images)
 
     def encoded(dm) -> tuple[bool, int]:
         """(same file as the first?, images encoded to open it)"""
@@ -141,10 +129,10 @@ def test_damaged_cache_file_is_rebuilt_not_used(make_cfg, count_encoder, damage)
     else:
         ds.path.write_bytes(b"not an npy file")
     again = dm.features.dataset("val", dm.splits["val"])
-    assert count_encoder["images"] == n + len(ds.rows)  # every image encoded again
+    assert count_encoder["images"] == n + len(ds.images)  # every image encoded again
     assert np.array_equal(np.load(again.path), good)
     study = dm.splits["val"].entries[0]
-    row = again.rows[study["image_path"][0]]
+    row = list(again.images).index(study["image_path"][0])  # the file's row of that image
     assert torch.equal(again[0]["features"][0], torch.from_numpy(good[row]))
 
 

@@ -11,11 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import pytorch_lightning as pl
 import torch
 from PIL import Image
 
-from r2gen import build
 from r2gen.data import checks
 from r2gen.data.checks import check_studies
 from r2gen.data.clean import get_cleaner
@@ -25,9 +23,8 @@ from r2gen.data.packed import Strings, StudyTable
 from r2gen.data.transform import image_transform
 from r2gen.errors import InputError, StorageError
 from r2gen.evaluate import shuffle_images
-from r2gen.models.module import R2GenModule
 
-from .conftest import snapshot
+from .conftest import shallow, snapshot
 
 CLEAN = get_cleaner("iu_xray")
 
@@ -137,17 +134,6 @@ def test_shuffle_images_repacks_the_studies(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ feature cache
-def shallow(make_cfg, *overrides):
-    cfg = make_cfg("align=shallow", *overrides)
-    build.prepare_data(cfg.data)
-    path = build.lm_path(cfg)
-    pl.seed_everything(0)
-    model = R2GenModule(cfg, lm_path=path)
-    dm = build.datamodule(cfg, model)
-    dm.setup()
-    return cfg, model, dm
-
-
 def test_float16_features_train_like_float32(make_cfg, tmp_path):
     cfg, model, dm = shallow(make_cfg, f"data.feature_cache={tmp_path}/f", "data.feature_cache_dtype=float32")
     assert any((Path(cfg.paths.cache_dir) / "setup-check").glob("*.npz"))  # the set-up check remembered

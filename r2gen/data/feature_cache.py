@@ -239,11 +239,6 @@ class CachedFeatures(Dataset):
         self.base, self.path, self.images, self.view_rows = base, path, images, view_rows
         self._arr: np.ndarray | None = None  # opened lazily, once per process (DataLoader workers included)
 
-    @property
-    def rows(self) -> dict[str, int]:
-        """image path -> its row in the file (built on each call: for tools and tests, not the loader)."""
-        return {p: i for i, p in enumerate(self.images)}
-
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_arr": None}  # never pickle the mapped array into a worker
 
