@@ -8,12 +8,14 @@ compared with `r2gen.predict.predict` on the same files. The page is checked onc
 from __future__ import annotations
 
 import base64
+import dataclasses
 import http.client
 import importlib.util
 import io
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -36,13 +38,15 @@ pytest.importorskip("uvicorn")
 pytest.importorskip("python_multipart")
 
 from r2gen.app import require_extra, serve  # noqa: E402
+from r2gen.app import server as server_module  # noqa: E402
 from r2gen.app.reporter import Reporter, check_export  # noqa: E402
-from r2gen.app.server import create_app, listen, settings, uvicorn_server  # noqa: E402
+from r2gen.app.server import create_app, listen, request_problem, settings, uvicorn_server  # noqa: E402
 from r2gen.data.images import load_image  # noqa: E402
 from r2gen.errors import ConfigError, InputError, MissingFileError  # noqa: E402
 from r2gen.predict import predict  # noqa: E402
 
 from .conftest import RAMP, ROOT, cli_env, compose_cfg, read_jsonl, snapshot, write_dicom  # noqa: E402
+from .helpers import bombs  # noqa: E402
 
 FAST = ["trainer.accelerator=cpu", "trainer.enable_progress_bar=false"]
 MAX_FILE_MB = 0.05  # 51 KB: the test images are a few KB; the oversize one is 100 KB
@@ -73,15 +77,22 @@ class Running:
         self.sock.close()
 
 
-@pytest.fixture(scope="module")
-def reporter(ckpt, cache_dir, tmp_path_factory) -> Reporter:
-    o = [f"ckpt={ckpt}", *FAST, "port=0", f"max_file_mb={MAX_FILE_MB}"]
-    return Reporter.load(compose_cfg("app", o, tmp_path_factory.mktemp("app_run"), cache_dir), overrides=o)
+APP = ["port=0", f"max_file_mb={MAX_FILE_MB}"]
 
 
 @pytest.fixture(scope="module")
-def server(reporter):
-    running = Running(create_app(reporter, MAX_FILE_MB))
+def app_cfg(ckpt, cache_dir, tmp_path_factory):
+    return compose_cfg("app", [f"ckpt={ckpt}", *FAST, *APP], tmp_path_factory.mktemp("app_run"), cache_dir)
+
+
+@pytest.fixture(scope="module")
+def reporter(ckpt, app_cfg) -> Reporter:
+    return Reporter.load(app_cfg, overrides=[f"ckpt={ckpt}", *FAST, *APP])
+
+
+@pytest.fixture(scope="module")
+def server(reporter, app_cfg):
+    running = Running(create_app(reporter, settings(app_cfg)))
     yield running
     running.stop()
 
@@ -342,9 +353,10 @@ def test_an_export_folder_serves_the_checkpoints_reports(ckpt, tmp_path, cache_d
     r = subprocess.run([sys.executable, "-m", "r2gen.export", f"ckpt={ckpt}", f"out={out}", *FAST], cwd=tmp_path,
                        env=cli_env(cache_dir), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    o = [f"ckpt={out}", "port=0"]
-    reporter = Reporter.load(compose_cfg("app", o, tmp_path / "app_run", cache_dir), overrides=o)
-    running = Running(create_app(reporter, MAX_FILE_MB))
+    o = [f"ckpt={out}", *APP]
+    cfg = compose_cfg("app", o, tmp_path / "app_run", cache_dir)
+    reporter = Reporter.load(cfg, overrides=o)
+    running = Running(create_app(reporter, settings(cfg)))
     try:
         h = json.loads(get(running.url + "/health")[2])
         assert h["kind"] == "export" and h["model"].startswith("resnet10t + ") and h["num_views"] == 2
@@ -405,3 +417,134 @@ def test_the_page_ships_in_the_package():
     text = (ROOT / "pyproject.toml").read_text()
     assert '"r2gen.app" = ["page.html"]' in text and 'r2gen-app = "r2gen.cli:app_main"' in text
     assert os.path.isfile(ROOT / "r2gen" / "app" / "page.html")
+
+
+# --- hostile pages and files -----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def bomb_uploads(tmp_path_factory) -> list[tuple[str, bytes]]:
+    """The three bombs of tests/helpers/bombs.py as uploads (the deflated DICOM is 261 KB)."""
+    d = tmp_path_factory.mktemp("bombs")
+    made = [bombs.deflated_dicom(d / "deflated.dcm"), bombs.one_bit_png(d / "bomb.png"), bombs.rle_dicom(d / "rle.dcm")]
+    return [(p.name, p.read_bytes()) for p in made]
+
+
+BOMB_SAYS = {"deflated.dcm": "16384x16384 pixels, 8 bit = 256.0 MiB", "bomb.png": "13000x13000 pixels, 1 bit = 161.2 MiB",
+             "rle.dcm": "65535x65535 pixels, 16 bit = 8.0 GiB"}
+
+
+@pytest.fixture(scope="module")
+def guarded(reporter, app_cfg):
+    """A second server that takes 1 MB files (the bombs fit) and decodes 2 uploads at a time."""
+    running = Running(create_app(reporter, dataclasses.replace(settings(app_cfg), max_file_mb=1.0,
+                                                               max_concurrent_decodes=2)))
+    yield running
+    running.stop()
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # Pillow's, before r2gen refuses it
+def test_each_bomb_upload_is_a_413_naming_the_file_its_size_and_the_key(guarded, bomb_uploads):
+    for name, data in bomb_uploads:
+        start = time.monotonic()
+        code, body = post(guarded.url, [(name, data)])
+        assert code == 413 and set(body) == {"error"}, body
+        assert body["error"].startswith(f"{name}: {BOMB_SAYS[name]} decoded: over the pixel budget "
+                                        f"data.max_image_pixels=64000000; if it is a real image, set "
+                                        f"data.max_image_pixels="), body
+        assert "\n" not in body["error"] and "r2gen-app-" not in body["error"]
+        assert time.monotonic() - start < 5
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_a_burst_of_bomb_uploads_is_refused_two_at_a_time_in_bounded_memory(guarded, bomb_uploads, monkeypatch):
+    """Six at once (each bomb twice) against the running app: all refused (413), at most max_concurrent_decodes=2
+    of them inside the decoding step together, and the peak RSS of this process (the server's) grows < 1 GB
+    (they declare 17 GB between them)."""
+    inside, most, real = [], [], server_module.make_report
+
+    def counted(*args):
+        inside.append(1)
+        most.append(len(inside))
+        try:
+            time.sleep(0.3)  # long enough that the six overlap
+            return real(*args)
+        finally:
+            inside.pop()
+
+    monkeypatch.setattr(server_module, "make_report", counted)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    results, start = [], time.monotonic()
+    threads = [threading.Thread(target=lambda u=u: results.append(post(guarded.url, [u])))
+               for u in bomb_uploads * 2]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(code for code, _ in results) == [413] * 6, results
+    assert max(most) == 2 and len(most) == 6
+    assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 2**20 < 1.0  # KB -> GB
+    assert time.monotonic() - start < 30
+    assert get(guarded.url + "/health")[0] == 200
+
+
+def raw(url: str, method: str, path: str, headers: dict[str, str], body: bytes = b"") -> tuple[int, dict]:
+    """A request with exactly these headers (Host included), as a hostile page or a rebinding DNS makes it."""
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+        for k, v in {**headers, "Content-Length": str(len(body))}.items():
+            conn.putheader(k, v)
+        conn.endheaders(body)
+        r = conn.getresponse()
+        data = r.read()
+        return r.status, json.loads(data) if r.headers.get("content-type") == "application/json" else {"body": data}
+    finally:
+        conn.close()
+
+
+def test_a_cross_site_request_or_a_foreign_host_is_a_one_line_403(server, tmp_path):
+    """Any page the user visits can have the browser POST to 127.0.0.1 (its Origin is that site) or rebind its
+    own name to 127.0.0.1 (the Host is that name): both refused before the body is read; the page's own requests
+    and local clients are answered."""
+    port = server.url.rsplit(":", 1)[1]
+    own = f"127.0.0.1:{port}"
+    boundary = uuid.uuid4().hex
+    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="a.png"\r\n\r\n'.encode()
+            + png(tmp_path / "a.png", 0).read_bytes() + f"\r\n--{boundary}--\r\n".encode())
+    form = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    code, answer = raw(server.url, "POST", "/report", {"Host": own, "Origin": "http://evil.example.com", **form}, body)
+    assert code == 403 and answer == {"error": "POST /report: cross-origin request refused (Origin "
+                                               "'http://evil.example.com'): only this server's own page may send "
+                                               f"requests; open it at http://127.0.0.1:{port}/"}
+    code, answer = raw(server.url, "GET", "/health", {"Host": "evil.example.com"})
+    assert code == 403 and answer["error"].startswith("GET /health: Host 'evil.example.com' is not an address "
+                                                      "this server answers to")
+    assert "allowed_hosts=[...]" in answer["error"]
+    for bad in ({"Host": f"evil.example.com:{port}"}, {"Host": own, "Origin": "null"},
+                {"Host": own, "Origin": f"https://{own}"}, {"Host": f"127.0.0.1:{int(port) + 1}"}):
+        assert raw(server.url, "GET", "/health", bad)[0] == 403, bad
+    assert raw(server.url, "GET", "/health", {})[0] == 400  # no Host at all: uvicorn's own refusal
+    for ok in ({"Host": own}, {"Host": f"localhost:{port}", "Origin": f"http://localhost:{port}"},
+               {"Host": f"[::1]:{port}"}):
+        assert raw(server.url, "GET", "/health", ok)[0] == 200, ok
+    code, answer = raw(server.url, "POST", "/report", {"Host": own, "Origin": f"http://{own}", **form}, body)
+    assert code == 200 and isinstance(answer["report"], str)  # the page's own upload
+
+
+def test_allowed_hosts_adds_names_and_bad_app_settings_are_one_line_errors(make_cfg):
+    from starlette.datastructures import Headers
+
+    served = ("127.0.0.1", 8000)
+    ask = lambda allowed, **h: request_problem(Headers(h), served, allowed)  # noqa: E731
+    assert ask((), host="myserver.lan:8000") is not None
+    assert ask(("myserver.lan",), host="myserver.lan:8000", origin="http://myserver.lan:8000") is None
+    assert ask(("myserver.lan:9000",), host="myserver.lan:8000") is not None
+    assert ask(("*",), host="anything") is None
+    cfg = make_cfg("ckpt=x.ckpt", "allowed_hosts=[Myserver.lan]", config_name="app", small=False)
+    assert settings(cfg).allowed_hosts == ("myserver.lan",) and settings(cfg).max_pixels == 64_000_000
+    with pytest.raises(ConfigError, match=r"max_concurrent_decodes=0: choose how many uploads"):
+        settings(make_cfg("ckpt=x.ckpt", "max_concurrent_decodes=0", config_name="app", small=False))
+    with pytest.raises(ConfigError, match=r"allowed_hosts='x': give a list of the host names"):
+        settings(make_cfg("ckpt=x.ckpt", "allowed_hosts=x", config_name="app", small=False))
+    with pytest.raises(ConfigError, match=r"data.max_image_pixels=0: choose a positive whole number"):
+        settings(make_cfg("ckpt=x.ckpt", "data.max_image_pixels=0", config_name="app", small=False))

@@ -1,8 +1,9 @@
 """Uploaded files: each checked, written into the request's temporary folder, and previewed as the model reads it.
 
 A file is stored under a name of r2gen's choosing (`0.dcm`, `1.png`: its own suffix when it is one r2gen reads,
-else its type told from its bytes), so a client's file name never becomes a path. Every problem is an
-`UploadError`: one line naming the file as the user called it, and the HTTP status the server answers with.
+else its type told from its bytes), so a client's file name never becomes a path. An image whose header declares
+more pixels than the budget (`data.max_image_pixels`) is refused (413) before anything decodes it. Every problem is
+an `UploadError`: one line naming the file as the user called it, and the HTTP status the server answers with.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from r2gen.data.images import image_problem, load_image
+from r2gen.data.images import ImageTooLarge, image_problem, load_image, read_size
 from r2gen.errors import InputError
 from r2gen.predict import IMAGE_SUFFIXES
 
@@ -53,15 +54,21 @@ def check_size(name: str, size: int, max_file_mb: float) -> None:
                           f"(max_file_mb); upload a smaller file", status=413)
 
 
-def save(index: int, name: str, data: bytes, folder: Path) -> Path:
-    """`data` written to `folder` as an image r2gen reads, checked as predict.py checks its input (missing,
-    empty, truncated or undecodable: an `UploadError` naming `name`)."""
+def save(index: int, name: str, data: bytes, folder: Path, max_pixels: int | None) -> Path:
+    """`data` written to `folder` as an image r2gen reads, checked as predict.py checks its input (over
+    `max_pixels` pixels, empty, truncated or undecodable: an `UploadError` naming `name`)."""
     suffix = image_suffix(name, data)
     if suffix is None:
         raise UploadError(f"{name}: not an image r2gen reads; upload {KINDS} files", status=415)
     path = folder / f"{index}{suffix}"
     path.write_bytes(data)
-    problem = image_problem(path)
+    try:
+        read_size(path, max_pixels)
+    except ImageTooLarge as e:
+        raise UploadError(f"{name}: {e.reason}", status=413) from None
+    except Exception:  # noqa: BLE001 - a header that does not parse: image_problem says how
+        pass
+    problem = image_problem(path, max_pixels)
     if problem:
         raise UploadError(f"{name}: {problem.replace(str(path), name)}; upload a complete {KINDS} file", status=422)
     return path
@@ -82,12 +89,12 @@ def image_suffix(name: str, data: bytes) -> str | None:
         return None
 
 
-def preview(path: Path, name: str) -> str:
+def preview(path: Path, name: str, max_pixels: int | None) -> str:
     """A PNG data URL of the image as the model reads it (DICOM windowed, MONOCHROME1 inverted), at most PREVIEW
     pixels on its longest side; the pixels are decoded here, so a file that passed the header checks but does not
     decode is refused before the model sees it."""
     try:
-        im = load_image(path)
+        im = load_image(path, max_pixels)
     except Exception as e:  # noqa: BLE001 - any decoder's failure (Pillow, pydicom, numpy) is the file's problem
         reason = type(e).__name__ + (": " + str(e).splitlines()[0].replace(str(path), name) if str(e) else "")
         raise UploadError(f"{name}: the image does not decode ({reason}); upload a complete {KINDS} file",
