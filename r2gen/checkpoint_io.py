@@ -5,7 +5,9 @@ fsynced, renamed over the final name (`os.replace`, atomic), and the folder is f
 `best.ckpt` are therefore always a complete file, the previous one or the new one, whatever kills the process
 (`kill -9`, a power cut). A failed write (full disk, no permission) removes the temporary file, leaves the previous
 checkpoint byte-identical and raises `StorageError`. Weights that are NaN/inf are never written
-(`TrainingDiverged`): a diverged model must not replace the last good checkpoint.
+(`TrainingDiverged`): a diverged model must not replace the last good checkpoint. Only `kill -9` (or a power cut)
+mid-write leaves the temporary file, `.<name>.<pid>.<hex>.tmp`; `remove_stale_temps` deletes those of dead processes
+when a run next claims the folder.
 
 Read: `torch.load(weights_only=True)`: a checkpoint holds only tensors and plain data, so a pickle that would run
 code is refused before any of it runs.
@@ -15,7 +17,9 @@ from __future__ import annotations
 
 import errno
 import io
+import logging
 import os
+import re
 import uuid
 from pathlib import Path
 from typing import Any
@@ -25,7 +29,54 @@ from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from r2gen.errors import InputError, StorageError, TrainingDiverged
 
+log = logging.getLogger(__name__)
 CHUNK = 64 << 20  # bytes per write call
+TEMP_NAME = re.compile(r"^\.(?P<name>.+\.ckpt)\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp$")  # what temp_path() names
+
+
+def temp_path(path: Path) -> Path:
+    """The temporary file a write of `path` goes to first: hidden, beside it, named for this process."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process: it exists
+        return True
+    return True
+
+
+def remove_stale_temps(folder: Path, depth: int = 1) -> list[Path]:
+    """Delete the temporary checkpoint files (`temp_path`) in `folder` and its subfolders down to `depth` whose
+    writer is dead (`kill -9` mid-write); a live process's are kept. The caller holds the folder's run lock
+    (r2gen.run_folder), so no other run is writing there. Returns what was removed."""
+    removed: list[Path] = []
+    folders = [Path(folder)]
+    for level in range(depth + 1):
+        subfolders = []
+        for d in folders:
+            try:
+                entries = list(d.iterdir())
+            except OSError:
+                continue
+            for p in entries:
+                m = TEMP_NAME.match(p.name)
+                if m and p.is_file() and not p.is_symlink() and not _alive(int(m["pid"])):
+                    try:
+                        size = p.stat().st_size
+                        p.unlink()
+                    except OSError:
+                        continue
+                    removed.append(p)
+                    log.info("removed %s (%.1f MB): an unfinished write of %s by a process that no longer runs",
+                             p, size / 2**20, m["name"])
+                elif level < depth and p.is_dir() and not p.is_symlink():
+                    subfolders.append(p)
+        folders = subfolders
+    return removed
 
 
 def _write_bytes(f, data: memoryview) -> None:
@@ -89,7 +140,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 f"optim.lm_lr), fp16 overflow (trainer.precision=16-mixed: use bf16-mixed or 32-true), bad input data")
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)  # in memory first: a disk error surfaces as an OSError from our own writes
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+        tmp = temp_path(path)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0o666 & ~umask, as open() would

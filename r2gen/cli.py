@@ -1,7 +1,9 @@
-"""What the entry scripts share: quiet third-party chatter, and the error boundary.
+"""What the entry scripts share: quiet third-party chatter, the config check, and the error boundary.
 
-A user's mistake (`r2gen.errors.UserError`, or a required config key left at `???`) is printed as one line and
-exits with code 2; anything else is a bug and keeps its traceback.
+A user's mistake (`r2gen.errors.UserError`, a required config key left at `???`, an interpolation that cannot be
+resolved) is printed as one line and exits with code 2; anything else is a bug and keeps its traceback. The config
+is checked (`r2gen.config_check`) before the command builds anything, and what the command registered with
+`at_user_error` (the run folder it created, r2gen.run_folder) is undone before it exits on a user error.
 """
 
 from __future__ import annotations
@@ -9,48 +11,97 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Callable
 
 from omegaconf import DictConfig
-from omegaconf.errors import MissingMandatoryValue
+from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
+from r2gen.config_check import check_config, interpolation_message, missing_message
 from r2gen.errors import UserError
 
 log = logging.getLogger("r2gen")
 # Errors whose message already names the key, the bad value and the fix: shown as one line, no traceback.
-USER_ERRORS = (UserError, MissingMandatoryValue)
+USER_ERRORS = (UserError, MissingMandatoryValue, InterpolationResolutionError)
+# Log lines of third-party libraries that advertise rather than inform (Lightning's cloud-service tips).
+ADVERTS = ("💡 Tip:", "litmodels", "litlogger")
+_undo: list[Callable[[], object]] = []  # at_user_error's callbacks, run last-registered first
+
+
+class _NoAdverts(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a record that cannot format is not ours to drop
+            return True
+        return not any(a in message for a in ADVERTS)
 
 
 def quiet_libraries() -> None:
+    """Hide third-party chatter: transformers' progress bars and notices, Lightning's advertising tips, and
+    deprecation notices of libraries (DeprecationWarning, FutureWarning, PendingDeprecationWarning raised outside
+    r2gen: a user cannot act on them). r2gen's own warnings, every other warning and every error still show; a
+    `-W` / PYTHONWARNINGS the user gave wins."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
+    for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero",
+                 "lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _NoAdverts) for f in logger.filters):
+            logger.addFilter(_NoAdverts())
+    if not sys.warnoptions:
+        for category in (DeprecationWarning, PendingDeprecationWarning, FutureWarning):
+            warnings.filterwarnings("ignore", category=category)
+            warnings.filterwarnings("default", category=category, module=r"r2gen(\.|$)")  # checked first
 
 
-def run_cli(fn: Callable[[DictConfig], object], cfg: DictConfig):
-    """`fn(cfg)`, its result returned; a user error ends the command with one line and exit code 2."""
+def run_cli(fn: Callable[[DictConfig], object], cfg: DictConfig, check: bool = True):
+    """`fn(cfg)`, its result returned; the config is checked first (`check`); a user error ends the command with one
+    line and exit code 2."""
     quiet_libraries()
     try:
+        if check and isinstance(cfg, DictConfig):
+            check_config(cfg)
         return fn(cfg)
     except USER_ERRORS as e:
         if os.environ.get("R2GEN_TRACEBACK"):
+            undo()
             raise
         exit_with(e)
 
 
+def at_user_error(callback: Callable[[], object]) -> None:
+    """Have `callback()` run if this command ends on a user error (`exit_with`), before it exits."""
+    _undo.append(callback)
+
+
+def undo() -> None:
+    """Run the `at_user_error` callbacks (last registered first), once; one that fails does not stop the others."""
+    while _undo:
+        callback = _undo.pop()
+        try:
+            callback()
+        except Exception as e:  # noqa: BLE001 - cleaning up must not hide the user's error
+            log.debug("cleanup after a user error failed: %s", e)
+
+
 def exit_with(e: BaseException) -> None:
     """End the command on a user error: its message as one line on stderr, exit code 2."""
+    undo()
     print(f"error: {one_line(e)}\n(set R2GEN_TRACEBACK=1 for the full traceback)", file=sys.stderr)
     sys.exit(2)
 
 
 def one_line(e: BaseException) -> str:
-    """The message of a user error; OmegaConf's `???` error gets the fix added (it only names the key)."""
+    """The message of a user error; OmegaConf's `???` and interpolation errors get the fix added (they only name
+    the key)."""
     if isinstance(e, MissingMandatoryValue):
-        key = getattr(e, "full_key", None) or str(e).splitlines()[0]
-        return f"{key} is required and has no value: set it on the command line ({key}=...)"
+        return missing_message(getattr(e, "full_key", None) or str(e).splitlines()[0])
+    if isinstance(e, InterpolationResolutionError):
+        return interpolation_message(e)
     text = str(e)
     if "Original Traceback" in text:  # raised in a DataLoader worker: its message is the last line of the report
         last = text.strip().splitlines()[-1]
