@@ -14,7 +14,7 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from r2gen.data.annotations import read_studies
+from r2gen.data.annotations import SPLITS, read_studies
 from r2gen.data.clean import get_cleaner
 from r2gen.data.collate import Collator, ReportTargets
 from r2gen.data.datamodule import ReportDataModule
@@ -31,13 +31,16 @@ def prepare_data(data_cfg: DictConfig) -> None:
         generate_demo(data_cfg.root, **data_cfg.demo)
 
 
-def lm_path(cfg: DictConfig) -> str:
+def lm_path(cfg: DictConfig, identity: dict | None = None) -> str:
     """The LM folder or hub id to load.
 
-    An LM config with a `build` block (lm=tiny) is a recipe for a model generated under `paths.cache_dir`: built on
-    first use, with a tokenizer trained on this data set's cleaned training reports, into
-    `<name_or_path>-<fingerprint>`. A `name_or_path` outside the cache folder is the user's own model (a folder or
-    a hub id) and is loaded as given, so `lm.name_or_path=<dir>` works on top of any lm config.
+    An LM config with a `build` block (lm=tiny) is a recipe for a model generated under `paths.cache_dir` (`built_lm`):
+    built on first use, with a tokenizer trained on this data set's cleaned training reports, into
+    `<name_or_path>-<fingerprint>`. With `identity` (what a checkpoint stores of the LM it was trained with:
+    r2gen.models.tiny_lm), exactly that LM and tokenizer are built instead, into `<name_or_path>-<its hash>`: no data
+    is read and no tokenizer trained, so a checkpoint gives the same token ids on any data set, cache or not. A
+    `name_or_path` outside the cache folder is the user's own model (a folder or a hub id) and is loaded as given,
+    so `lm.name_or_path=<dir>` works on top of any lm config.
 
     An LM config with `convert` (lm=chatglm3-6b: `convert: chatglm3`) names a checkpoint whose hub code no longer
     runs: it is converted once into a native folder under `paths.cache_dir/converted` (r2gen.convert), loaded from
@@ -48,30 +51,52 @@ def lm_path(cfg: DictConfig) -> str:
         from r2gen.convert import ensure_converted
 
         return str(ensure_converted(cfg.lm.convert, name, Path(cfg.paths.cache_dir)))
-    cache = Path(cfg.paths.cache_dir).resolve()
-    if not cfg.lm.get("build") or not Path(name).resolve().is_relative_to(cache):
+    if not built_lm(cfg):
         return name
-    from r2gen.models.tiny_lm import ensure_tiny_lm
-
-    clean = get_cleaner(cfg.data.clean)
-    reports = [clean(e["report"]) for e in read_studies(cfg.data)["train"]]
     import torch
 
+    from r2gen.models import tiny_lm
+
     with torch.random.fork_rng():  # building seeds torch itself: a run that builds the LM must initialise and
-        return str(ensure_tiny_lm(name, reports, cfg.lm.build))  # shuffle exactly like one that finds it built
+        # shuffle exactly like one that finds it built
+        if identity is not None:
+            return str(tiny_lm.ensure_lm_from_identity(name, identity))
+        clean = get_cleaner(cfg.data.clean)
+        reports = [clean(e["report"]) for e in read_studies(cfg.data)["train"]]
+        path = tiny_lm.ensure_tiny_lm(name, reports, cfg.lm.build)
+    tiny_lm.folder_identity(path, cfg.lm.build)  # read now: a checkpoint written later needs no file
+    return str(path)
 
 
-def datamodule(cfg: DictConfig, model) -> ReportDataModule:
+def built_lm(cfg: DictConfig) -> bool:
+    """Is the run's LM one r2gen builds (an `lm.build` recipe and `lm.name_or_path` under `paths.cache_dir`)?"""
+    if not cfg.lm.get("build") or cfg.lm.get("convert"):
+        return False
+    return Path(str(cfg.lm.name_or_path)).resolve().is_relative_to(Path(cfg.paths.cache_dir).resolve())
+
+
+def lm_identity(cfg: DictConfig, folder: str | Path) -> dict | None:
+    """What a checkpoint stores to rebuild the run's LM (loaded from `folder`) exactly: its identity when r2gen
+    built it (r2gen.models.tiny_lm.folder_identity), None for a user's or a hub model."""
+    if not built_lm(cfg):
+        return None
+    from r2gen.models.tiny_lm import folder_identity
+
+    return folder_identity(folder, cfg.lm.build)
+
+
+def datamodule(cfg: DictConfig, model, splits: tuple[str, ...] = SPLITS) -> ReportDataModule:
     """The DataModule of a model (an R2GenModule): see `encoder_datamodule`; the collator holds the model's tokenizer
     (reports become target ids in the loader workers), and with `data.finding_loss` training studies carry labels."""
     targets = ReportTargets(model.tokenizer, cfg.data.max_report_tokens)
-    return encoder_datamodule(cfg, model.encoder, model.encoder_mode, targets, model.finding_head is not None)
+    return encoder_datamodule(cfg, model.encoder, model.encoder_mode, targets, model.finding_head is not None, splits)
 
 
 def encoder_datamodule(cfg: DictConfig, encoder, encoder_mode: str, targets: ReportTargets | None = None,
-                       finding_labels: bool = False) -> ReportDataModule:
+                       finding_labels: bool = False, splits: tuple[str, ...] = SPLITS) -> ReportDataModule:
     """The DataModule for `encoder`: image size and normalisation from its timm data config and, for a frozen encoder
-    fed un-augmented images, its feature cache. Without `targets`, batches carry images and report strings only."""
+    fed un-augmented images, its feature cache. Without `targets`, batches carry images and report strings only.
+    `splits`: the splits it reads and serves (evaluation: only the one it scores; the others may be absent)."""
     dc = encoder.data_config()
     size = cfg.data.image_size or dc["input_size"][-1]
     augment = cfg.data.augment
@@ -92,7 +117,7 @@ def encoder_datamodule(cfg: DictConfig, encoder, encoder_mode: str, targets: Rep
 
         labels = Scoring.from_config(cfg).label_matrix
     return ReportDataModule(cfg.data, size, dc["mean"], dc["std"], augment, Collator(targets), features, labels,
-                            check_dir=Path(cfg.paths.cache_dir) / "setup-check")
+                            check_dir=Path(cfg.paths.cache_dir) / "setup-check", splits=splits)
 
 
 def feature_cache_dir(cfg: DictConfig, encoder_mode: str, augment: bool) -> Path | None:

@@ -3,13 +3,19 @@ from one with the user's overrides. Everything that rebuilds a model from a chec
 ...) goes through here (`rebuild`, then `load_model`), so the format version, the migrations and the override
 rules live in one place.
 
-A checkpoint (format 4) holds, besides Lightning's own state:
+A checkpoint (format 5) holds, besides Lightning's own state:
   * `state_dict`: only what the config cannot rebuild (`R2GenModule.persistent_keys`);
   * `r2gen.config`: the run's config as composed, interpolations kept (`annotation: ${.root}/annotation.json`),
     so that `data.root=/moved` moves the annotation and image folder with it;
+  * `r2gen.lm`: for an LM r2gen built (lm=tiny: `r2gen.build.built_lm`), what rebuilds exactly that LM and its
+    tokenizer (the tokenizer's JSON, the LM config, its special tokens and seed: r2gen.models.tiny_lm), so the
+    checkpoint needs neither the cache folder nor the data it was trained on; None for a user's or a hub LM;
   * `hyper_parameters.cfg`: the same config resolved, as the run saw it.
 Older formats are migrated when read: format 1 kept only the resolved config; formats 1 to 3 lack keys added since
-(`FORMAT_1_ADDED`, `FORMAT_2_ADDED`, `FORMAT_3_ADDED`), which get the value that reproduces how those runs behaved.
+(`FORMAT_1_ADDED`, `FORMAT_2_ADDED`, `FORMAT_3_ADDED`), which get the value that reproduces how those runs behaved;
+formats 1 to 4 hold no `r2gen.lm`, so their built LM is built again from its recipe and the training reports of the
+data set named (right only on the data set the run was trained on: another one gives another tokenizer, and the
+weights then do not fit; `load_weights` says so in one line).
 
 Overrides mean what they mean to `train.py`: a group (`data=iu_xray`, `generate=greedy`, `lm=...`) replaces that
 group as a whole; a dotted key (`data.root=...`) changes one value; `~key` deletes one. How to score (`eval.*`),
@@ -27,14 +33,16 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from r2gen import build
 from r2gen.checkpoint_io import load_untrusted
 from r2gen.conf import CONF_DIR
 from r2gen.errors import ConfigError, InputError, MissingFileError
+from r2gen.models.tiny_lm import check_identity
 
 if TYPE_CHECKING:
     from r2gen.models.module import R2GenModule
 
-FORMAT = 4
+FORMAT = 5
 # Keys an evaluation or prediction sets itself: how to score, what to read and write, on what hardware; never read
 # from a checkpoint.
 EVAL_ONLY = {"ckpt", "predictions", "split", "shuffle_images", "task_name", "trainer", "paths", "hydra", "logger",
@@ -55,24 +63,27 @@ FORMAT_3_ADDED = {"data.feature_cache_dtype": "float32"}
 
 def payload(module: R2GenModule, keys: set[str]) -> dict[str, Any]:
     """The `r2gen` block a checkpoint gets (see the module docstring)."""
-    return {"format": FORMAT, "keys": sorted(keys), "config": OmegaConf.to_container(module.cfg, resolve=False)}
+    return {"format": FORMAT, "keys": sorted(keys), "config": OmegaConf.to_container(module.cfg, resolve=False),
+            "lm": build.lm_identity(module.cfg, module.tokenizer.name_or_path)}
 
 
-def read_checkpoint(path: str | Path | None) -> dict[str, Any]:
-    """The checkpoint at `path`, checked and migrated to the current format; any problem is one clear error."""
+def read_checkpoint(path: str | Path | None, key: str = "ckpt") -> dict[str, Any]:
+    """The checkpoint at `path` (given as `key`: `ckpt`, or `ckpt_path` for a resume), checked and migrated to the
+    current format; any problem is one clear error."""
     if path in (None, "", "???"):
-        raise ConfigError("ckpt is not set: pass ckpt=<run>/checkpoints/best.ckpt")
+        raise ConfigError(f"{key} is not set: pass {key}=<run>/checkpoints/best.ckpt")
     p = Path(str(path)).expanduser()
     if not p.is_file():
-        raise MissingFileError(f"ckpt={path}: no such file (train.py writes <run>/checkpoints/best.ckpt and last.ckpt)")
-    ck = load_untrusted(p, "ckpt", mmap=True)  # train.py checks a resume checkpoint here before Lightning loads it
+        raise MissingFileError(f"{key}={path}: no such file (train.py writes <run>/checkpoints/best.ckpt and "
+                               f"last.ckpt)")
+    ck = load_untrusted(p, key, mmap=True)  # train.py checks a resume checkpoint here before Lightning loads it
     if not isinstance(ck, dict) or not isinstance(ck.get("r2gen"), dict) or \
             "cfg" not in (ck.get("hyper_parameters") or {}):
-        raise InputError(f"ckpt={path}: not an r2gen checkpoint (no r2gen config inside); pass a .ckpt written by "
+        raise InputError(f"{key}={path}: not an r2gen checkpoint (no r2gen config inside); pass a .ckpt written by "
                          f"train.py")
     fmt = ck["r2gen"].get("format", 1)
     if not isinstance(fmt, int) or fmt > FORMAT:
-        raise InputError(f"ckpt={path}: written by a newer r2gen (checkpoint format {fmt}, this r2gen reads up to "
+        raise InputError(f"{key}={path}: written by a newer r2gen (checkpoint format {fmt}, this r2gen reads up to "
                          f"{FORMAT}); upgrade r2gen")
     if fmt < 2:
         ck["r2gen"] = {**ck["r2gen"], "format": 2, "config": _from_format_1(ck["hyper_parameters"]["cfg"])}
@@ -80,7 +91,18 @@ def read_checkpoint(path: str | Path | None) -> dict[str, Any]:
         ck["r2gen"] = {**ck["r2gen"], "format": 3, "config": _add_keys(ck["r2gen"]["config"], FORMAT_2_ADDED)}
     if ck["r2gen"]["format"] < 4:
         ck["r2gen"] = {**ck["r2gen"], "format": 4, "config": _add_keys(ck["r2gen"]["config"], FORMAT_3_ADDED)}
+    if ck["r2gen"]["format"] < 5:  # format 4 stored no LM identity: its built LM is built from recipe and data
+        ck["r2gen"] = {**ck["r2gen"], "format": 5, "lm": None}
+    elif ck["r2gen"].get("lm") is not None:  # untrusted: bounded and checked before anything is built from it
+        ck["r2gen"] = {**ck["r2gen"], "lm": check_identity(ck["r2gen"]["lm"], f"{key}={path}")}
     return ck
+
+
+def trained_config(ck: dict[str, Any]) -> DictConfig:
+    """The config the checkpoint's run trained with, resolved as that run saw it, with the keys older formats lack
+    set to how those runs behaved."""
+    added = {**FORMAT_1_ADDED, **FORMAT_2_ADDED, **FORMAT_3_ADDED}
+    return OmegaConf.create(_add_keys(ck["hyper_parameters"]["cfg"], added))
 
 
 def _add_keys(cfg: dict[str, Any], added: dict[str, Any]) -> dict[str, Any]:
@@ -158,13 +180,15 @@ def rebuild(cfg: DictConfig, overrides: list[str] | None = None) -> tuple[dict[s
 
 
 def load_model(run: DictConfig, ck: dict[str, Any]) -> R2GenModule:
-    """The model `run` describes, with the checkpoint's weights (the demo set is generated first when missing: a
-    locally built LM, lm=tiny, is found by its training reports)."""
-    from r2gen import build
+    """The model `run` describes, with the checkpoint's weights. A locally built LM (lm=tiny) is rebuilt from what the
+    checkpoint stores of it; a checkpoint older than that (format 4) finds it by its training reports, so the demo
+    set is generated first when missing."""
     from r2gen.models.module import R2GenModule
 
-    build.prepare_data(run.data)
-    model = R2GenModule(run, lm_path=build.lm_path(run))
+    identity = ck["r2gen"].get("lm")
+    if identity is None:
+        build.prepare_data(run.data)
+    model = R2GenModule(run, lm_path=build.lm_path(run, identity))
     load_weights(model, ck)
     return model
 
@@ -176,6 +200,15 @@ def load_weights(model: R2GenModule, ck: dict[str, Any]) -> None:
     if model.finding_head is None:  # a training aid (data.finding_loss) that generation never uses: a model rebuilt
         # without it (a demo checkpoint evaluated with data=iu_xray) leaves its weights out
         state = {k: v for k, v in state.items() if not k.startswith("finding_head.")}
+    own = model.state_dict()
+    wrong = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in state.items()
+             if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)]
+    if wrong:
+        k, theirs, ours = wrong[0]
+        raise InputError(f"checkpoint's {len(wrong)} weights do not fit this model (e.g. {k}: {list(theirs)} in the "
+                         f"checkpoint, {list(ours)} here): it was trained with another encoder or lm (a format 4 "
+                         f"checkpoint of lm=tiny used on another data set gets another tokenizer: use it on the data "
+                         f"it was trained on, or train again with this r2gen, whose checkpoints carry their LM)")
     result = model.load_state_dict(state, strict=False)
     if result.unexpected_keys:
         raise InputError(f"checkpoint has {len(result.unexpected_keys)} weights this model lacks "

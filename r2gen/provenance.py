@@ -60,8 +60,8 @@ def sha256(path: Path) -> str:
 
 
 def annotation_files(data: DictConfig) -> list[Path]:
-    """The annotation file(s) a data config reads: one per split when `train_file` is set, else `annotation`."""
-    if data.get("train_file"):
+    """The annotation file(s) a data config reads: one per split when a `<split>_file` is set, else `annotation`."""
+    if any(data.get(f"{s}_file") for s in ("train", "val", "test")):  # an evaluation may have only test_file
         files = [data.get(f"{s}_file") for s in ("train", "val", "test")]
     else:
         files = [data.get("annotation")]

@@ -13,6 +13,7 @@ from r2gen import build, resume
 from r2gen.checkpoint import read_checkpoint
 from r2gen.models.module import R2GenModule
 from r2gen.provenance import write_provenance
+from r2gen.resume_check import check_resume
 from r2gen.run_folder import keep_earlier_checkpoints
 from r2gen.scoring.callback import Evaluation
 from r2gen.scoring.policy import Scoring
@@ -29,8 +30,13 @@ def monitored_score(cfg: DictConfig, metrics: dict[str, float] | None) -> float 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Returns the final metrics (train/val/test, and `best/<monitor.metric>`) as floats."""
     pl.seed_everything(cfg.seed, workers=True)
-    # fail now, with a clear message, not after the model is built
-    resume_step = int(read_checkpoint(cfg.ckpt_path).get("global_step", 0)) if cfg.get("ckpt_path") else None
+    # fail now, with a clear message, not after the model is built (nor the LM built into the cache)
+    resume_step, lm_identity = None, None
+    if cfg.get("ckpt_path"):
+        ck = read_checkpoint(cfg.ckpt_path, "ckpt_path")
+        check_resume(cfg, ck, cfg.ckpt_path)  # the keys that shape the model are the checkpoint's
+        resume_step, lm_identity = int(ck.get("global_step", 0)), ck["r2gen"]["lm"]
+        del ck  # Lightning reads it again, into the model built below
     evaluation = Evaluation(Scoring.from_config(cfg))  # scores validation and the test; its config checked now
     out = build.output_dir(cfg)
     keep_earlier_checkpoints(out, cfg.get("ckpt_path"))
@@ -38,7 +44,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     build.prepare_data(cfg.data)
     write_provenance(out, cfg)  # seed, commit, versions, annotation hash: what reproduces this run
-    model = R2GenModule(cfg, lm_path=build.lm_path(cfg))
+    model = R2GenModule(cfg, lm_path=build.lm_path(cfg, lm_identity))  # resumed: the checkpoint's own LM
     dm = build.datamodule(cfg, model)
     trainer = build.trainer(cfg, callbacks=[evaluation])
     if resume_step is not None:  # logs continue from the checkpoint instead of restarting or repeating

@@ -9,6 +9,9 @@
   `test_file`). An image cell holds one path, several joined with `;`, or (JSONL) a list;
 - `auto`: by the file's suffix (`.json`, `.jsonl`, `.csv`).
 
+Training needs all three splits; evaluation only the one it scores (`read_studies(cfg, splits=("test",))`): a table
+with only that split, an annotation.json without the others' keys, or only `data.test_file` set will do.
+
 Files are UTF-8 (a BOM is fine). A file that is not (the byte, line and column named), malformed JSON (line and
 column), the wrong shape, an empty file, an empty or repeated study id (within a file, or across splits) is an
 `InputError` naming the file and the spot: one line, nothing read half-way.
@@ -30,18 +33,24 @@ SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validate": "val"
 Studies = dict[str, list[dict[str, Any]]]
 
 
-def read_studies(cfg) -> Studies:
+def read_studies(cfg, splits: tuple[str, ...] = SPLITS) -> Studies:
     """Every split's studies as `data.*` describes them (format, annotation or per-split files, image columns);
-    `cfg` is the `data` config node or a plain dict with the same keys."""
+    `cfg` is the `data` config node or a plain dict with the same keys. `splits`: the splits the caller needs
+    (training: all three; evaluation: the one it scores); a split not needed may be absent from the files (its
+    per-split file unset, its key missing from annotation.json) and is then empty."""
     files = {s: cfg.get(f"{s}_file") for s in SPLITS}
     image_columns = list(cfg.get("image_columns") or ["image_path"])  # R2Gen's field name if the config has none
     if any(files.values()):
-        unset = [f"data.{s}_file" for s, f in files.items() if not f]
+        unset = [f"data.{s}_file" for s in splits if not files[s]]
         if unset:
-            raise ConfigError(f"{', '.join(unset)} not set: give all three of data.train_file, data.val_file and "
-                              f"data.test_file, or none of them and data.annotation with a split column")
-        out = {}
+            need = ("all three of data.train_file, data.val_file and data.test_file" if tuple(splits) == SPLITS
+                    else " and ".join(f"data.{s}_file" for s in splits))
+            raise ConfigError(f"{', '.join(unset)} not set: give {need}, or none of them and data.annotation with "
+                              f"a split column")
+        out = {s: [] for s in SPLITS}
         for split, f in files.items():
+            if not f:
+                continue
             fmt = file_format(f, cfg.get("format"))
             if fmt == "r2gen":
                 raise ConfigError(f"data.{split}_file={f}: per-split files must be JSONL or CSV (set data.format=jsonl "
@@ -58,7 +67,7 @@ def read_studies(cfg) -> Studies:
         return out
     path = cfg["annotation"]
     fmt = file_format(path, cfg.get("format"))
-    return read_annotation(path) if fmt == "r2gen" else read_table(path, fmt, image_columns)
+    return read_annotation(path, splits) if fmt == "r2gen" else read_table(path, fmt, image_columns)
 
 
 def file_format(path, fmt: str | None) -> str:
@@ -73,9 +82,10 @@ def file_format(path, fmt: str | None) -> str:
     return FORMATS[suffix]
 
 
-def read_annotation(path: str | Path) -> Studies:
+def read_annotation(path: str | Path, splits: tuple[str, ...] = SPLITS) -> Studies:
     """R2Gen's `annotation.json`. Anything off its shape is an `InputError` naming the file and the entry; an
-    `image_path` given as one string is one image; study ids must be unique across all splits."""
+    `image_path` given as one string is one image; study ids must be unique across all splits. A split not in
+    `splits` may be missing (it is then empty)."""
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"annotation file not found: {path} (set data.annotation, or data.root for its folder)")
@@ -97,15 +107,15 @@ def read_annotation(path: str | Path) -> Studies:
     if not isinstance(ann, dict):
         raise InputError(f"{path}: the top level is a JSON {_json_type(ann)}, not an object; {layout} (a table of "
                          f"studies goes in a JSONL or CSV file with a split column: data=custom)")
-    missing = [s for s in SPLITS if s not in ann]
+    missing = [s for s in splits if s not in ann]
     if missing:
-        raise InputError(f"{path}: no {', '.join(missing)} split; expected keys {SPLITS} (R2Gen annotation layout)")
-    out: Studies = {}
+        expected = f"expected keys {SPLITS}" if tuple(splits) == SPLITS else f"this needs {', '.join(splits)}"
+        raise InputError(f"{path}: no {', '.join(missing)} split; {expected} (R2Gen annotation layout)")
+    out: Studies = {s: [] for s in SPLITS}
     seen: dict[str, str] = {}  # id -> where it was first seen
-    for split in SPLITS:
+    for split in (s for s in SPLITS if s in ann):
         if not isinstance(ann[split], list):
             raise InputError(f"{path}: {split!r} is a JSON {_json_type(ann[split])}, not a list of studies; {layout}")
-        out[split] = []
         for i, e in enumerate(ann[split]):
             where = f"{split}[{i}]"
             if not isinstance(e, dict):

@@ -36,8 +36,9 @@ class StudyDataset(Dataset):
     buffers (r2gen.data.packed.StudyTable), so DataLoader workers share them instead of copying them; `entries`
     reads them back as dicts (the report cleaned), `reports` gives the cleaned reports."""
 
-    def __init__(self, entries, image_dir: Path, transform, num_views: int, clean):
+    def __init__(self, entries, image_dir: Path, transform, num_views: int, clean, max_pixels: int | None = None):
         self.image_dir, self.transform, self.num_views = image_dir, transform, num_views
+        self.max_pixels = max_pixels  # data.max_image_pixels: larger images are refused from their header
         self.table = StudyTable(entries, clean)
         self.token_lengths: np.ndarray | None = None  # [N] target tokens per study, for data.group_by_length
         self.finding_labels: torch.Tensor | None = None  # [N, K] 1/0 labels of each report, for data.finding_loss
@@ -58,11 +59,10 @@ class StudyDataset(Dataset):
     def __len__(self) -> int:
         return len(self.table)
 
-    @staticmethod
-    def _load(path: Path, study_id) -> Any:
+    def _load(self, path: Path, study_id) -> Any:
         """The image; one that passed the set-up check but cannot be read now changed on disk during the run."""
         try:
-            return load_image(path)
+            return load_image(path, self.max_pixels)
         except Exception as e:  # noqa: BLE001 - whatever PIL or pydicom raise for a file that changed on disk
             raise InputError(f"image {path} (study id {study_id}) can no longer be read ({type(e).__name__}: "
                              f"{str(e).splitlines()[0] if str(e) else ''}): it changed since the set-up check; "
@@ -88,16 +88,19 @@ class ReportDataModule(pl.LightningDataModule):
     without one batches carry images and report strings only); `features`, a FeatureCache
     (r2gen.data.feature_cache), serves a frozen encoder's stored outputs instead of images; `finding_labels`
     (reports -> 1/0 per label) gives each training study the labels `data.finding_loss` learns; with
-    `check_dir` (r2gen's cache folder), the set-up check remembers the images it found good there."""
+    `check_dir` (r2gen's cache folder), the set-up check remembers the images it found good there. `splits`: the
+    splits read, checked and served (training needs all three; evaluation only the one it scores)."""
 
     def __init__(self, cfg, image_size: int, mean, std, augment: bool, collator: Collator | None = None,
-                 features=None, finding_labels=None, check_dir: str | Path | None = None):
+                 features=None, finding_labels=None, check_dir: str | Path | None = None,
+                 splits: tuple[str, ...] = SPLITS):
         super().__init__()
-        self.cfg, self.check_dir = cfg, check_dir
+        self.cfg, self.check_dir, self.needed = cfg, check_dir, tuple(splits)
         self.image_size, self.mean, self.std, self.augment = image_size, tuple(mean), tuple(std), augment
         self.collator, self.features = collator or Collator(), features
         self.label_reports = finding_labels  # reports -> [[1/0 per label]]: training targets of data.finding_loss
         self.clean = get_cleaner(cfg.clean)
+        self.max_pixels = cfg.get("max_image_pixels")  # None: a run from before the key (Pillow's limit)
         self.splits: dict[str, StudyDataset] = {}
 
     def prepare_data(self) -> None:
@@ -111,12 +114,14 @@ class ReportDataModule(pl.LightningDataModule):
             return
         image_dir = Path(self.cfg.image_dir)
         clean = functools.lru_cache(maxsize=None)(self.clean)  # each report cleaned once, by the check and the packing
-        ann = check_studies(read_studies(self.cfg), image_dir, clean, self.cfg.on_bad_sample, source=self._source(),
-                            manifest_dir=self.check_dir)
-        for split in SPLITS:
+        studies = read_studies(self.cfg, self.needed)
+        studies = {s: studies[s] if s in self.needed else [] for s in SPLITS}  # the others' images are not checked
+        ann = check_studies(studies, image_dir, clean, self.cfg.on_bad_sample, source=self._source(),
+                            manifest_dir=self.check_dir, splits=self.needed, max_pixels=self.max_pixels)
+        for split in self.needed:
             tf = image_transform(self.image_size, self.mean, self.std, self.augment and split == "train")
-            self.splits[split] = StudyDataset(ann[split], image_dir, tf, self.cfg.num_views, clean)
-        if self.cfg.group_by_length:
+            self.splits[split] = StudyDataset(ann[split], image_dir, tf, self.cfg.num_views, clean, self.max_pixels)
+        if self.cfg.group_by_length and "train" in self.splits:
             if self.collator.targets is None:
                 raise ValueError("data.group_by_length needs a collator with the LM's ReportTargets")
             train = self.splits["train"]
