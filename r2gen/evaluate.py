@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import random
-from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -18,12 +17,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from r2gen import build
 from r2gen.checkpoint import load_model, rebuild
-from r2gen.data.annotations import jsonl_objects
+from r2gen.data.annotations import read_studies
+from r2gen.data.checks import has_words
 from r2gen.data.clean import get_cleaner
-from r2gen.errors import ConfigError, InputError, MissingFileError
+from r2gen.errors import ConfigError, InputError
 from r2gen.provenance import write_provenance
 from r2gen.scoring.callback import Evaluation
 from r2gen.scoring.policy import Scoring, score_records
+from r2gen.scoring.predictions_file import match_split, read_predictions, reference_mismatches
 from r2gen.scoring.results import write_results
 
 log = logging.getLogger(__name__)
@@ -41,36 +42,61 @@ def shuffle_images(dataset, seed: int) -> None:
     dataset.entries = entries  # packed again (a StudyDataset's studies are read-only numpy buffers)
 
 
-def read_predictions(path: str | Path) -> list[dict[str, str]]:
-    """`{"id", "prediction", "reference"}` per line; a bad line is reported with its number."""
-    p = Path(str(path)).expanduser()
-    if not p.is_file():
-        raise MissingFileError(f"predictions={path}: no such file (expected JSONL: one {{id, prediction, reference}} per line)")
-    records, seen = [], set()
-    for n, r in jsonl_objects(p, f"predictions={path}"):
-        missing = [k for k in ("id", "prediction", "reference") if k not in r]
-        if missing:
-            raise InputError(f"predictions={path} line {n}: missing {missing}; each line needs id, prediction, reference")
-        if str(r["id"]) in seen:
-            raise InputError(f"predictions={path} line {n}: id {r['id']!r} appears twice")
-        seen.add(str(r["id"]))
-        records.append({"id": str(r["id"]), "prediction": str(r["prediction"]), "reference": str(r["reference"])})
-    if not records:
-        raise InputError(f"predictions={path}: the file has no predictions")
-    return records
+def split_studies(cfg: DictConfig) -> list[dict] | None:
+    """The studies of `cfg.split` a predictions file is matched to, their reports the references (those whose
+    report is empty once cleaned are dropped, as for `ckpt=`); None, and the file's own references are scored,
+    under `split=null` or a data config that does not say where its data set is (`data.root` unset)."""
+    if cfg.split is None or OmegaConf.is_missing(cfg.data, "root"):
+        return None
+    if cfg.split not in ("val", "test"):
+        raise ConfigError(f"split={cfg.split!r}: choose val or test, or null to score the predictions file's own "
+                          f"references")
+    build.prepare_data(cfg.data)  # data=demo: generated on first use
+    clean = get_cleaner(cfg.data.clean)
+    studies = read_studies(cfg.data, (cfg.split,))[cfg.split]
+    kept = [e for e in studies if has_words(clean(e["report"]))]
+    if len(kept) < len(studies):
+        log.warning("%s: dropped %d studies whose report is empty once cleaned", cfg.split, len(studies) - len(kept))
+    if not kept:
+        raise InputError(f"data={cfg.data.name}'s {cfg.split} split has no studies with a report to score "
+                         f"predictions={cfg.predictions} against; choose the split the file is for (split=val or "
+                         f"test), or split=null to score the file's own references")
+    return kept
 
 
 def score_predictions(cfg: DictConfig) -> dict[str, Any]:
     """Score a predictions file with no model: both sides cleaned with `data.clean`, references as `eval.references`
-    says, labelled with `data.labeler`, so any system's output is scored exactly the way ours is."""
+    says, labelled with `data.labeler`, so any system's output is scored exactly the way ours is. With a data split
+    (`split_studies`) the split's reports are the references and the file must cover the split
+    (`eval.allow_partial=true`: the studies it has, and metrics.json says which are missing)."""
     scoring = Scoring.from_config(cfg)
     clean = get_cleaner(cfg.data.clean)
-    records = scoring.prepare([{"id": r["id"], "prediction": clean(r["prediction"]), "reference": clean(r["reference"])}
-                               for r in read_predictions(cfg.predictions)])
+    allow_partial = cfg.eval.allow_partial
+    if not isinstance(allow_partial, bool):
+        raise ConfigError(f"eval.allow_partial={allow_partial!r}: choose true or false")
+    studies = split_studies(cfg)
+    given = read_predictions(cfg.predictions, references=studies is None)
+    meta: dict[str, Any] = {"split": "predictions file", "predictions": str(cfg.predictions), "data": cfg.data.name,
+                            "clean": cfg.data.clean}
+    coverage = None
+    records = given
+    if studies is not None:
+        records, coverage = match_split(given, studies, path=str(cfg.predictions), data=cfg.data.name,
+                                        split=cfg.split, allow_partial=allow_partial)
+        meta = {**meta, "split": cfg.split, "coverage": coverage.meta()}
+
+    def as_scored(rows: list[dict]) -> list[dict]:
+        return scoring.prepare([{**r, "reference": clean(r["reference"])} for r in rows])
+
+    records = as_scored([{**r, "prediction": clean(r["prediction"])} for r in records])
+    if studies is not None and (differ := reference_mismatches(records, given, as_scored)):
+        log.warning("predictions=%s: the reference of %d studies differs from data=%s's %s split (first: %s); "
+                    "scored against the split's", cfg.predictions, len(differ), cfg.data.name, cfg.split,
+                    ", ".join(differ[:5]))
     scores = score_records(records, scoring)
-    write_results(build.output_dir(cfg), records, scores, {
-        "split": "predictions file", "predictions": str(cfg.predictions), "data": cfg.data.name,
-        "clean": cfg.data.clean}, scoring)
+    write_results(build.output_dir(cfg), records, scores, meta, scoring)
+    if coverage is not None and coverage.summary():
+        print(coverage.summary() + "\n")
     return scores
 
 
@@ -86,9 +112,10 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, A
     pl.seed_everything(cfg.seed, workers=True)
     out = build.output_dir(run)
 
+    build.prepare_data(run.data)  # data=demo: generated on first use
     model = load_model(run, ck)
     write_provenance(out, run, ckpt=str(cfg.ckpt), split=cfg.split)
-    dm = build.datamodule(run, model)
+    dm = build.datamodule(run, model, splits=(cfg.split,))  # the other splits may be absent from the data set
     dm.setup()
     if cfg.get("shuffle_images"):
         shuffle_images(dm.splits[cfg.split], cfg.seed)

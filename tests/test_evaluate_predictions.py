@@ -60,12 +60,13 @@ def test_scores_real_iu_xray_reports_exactly_as_pycocoevalcap(tmp_path, cache_di
     ('{"id": 1, "prediction": "a"}\n', "line 1: missing ['reference']"),
     ('{"id": 1, "prediction": "a", "reference": "b"}\nnot json\n', "line 2: not JSON"),
     ('{"id": 1, "prediction": "a", "reference": "b"}\n{"id": 1, "prediction": "a", "reference": "b"}\n',
-     "line 2: id 1 appears twice"),
+     "line 2: id '1' appears twice (lines 1 and 2)"),
+    ('{"id": 1, "prediction": null, "reference": "b"}\n', "line 1 (id '1'): prediction is null, not a string"),
     ("", "has no predictions"),
 ])
 @pytest.mark.slow
 def test_bad_predictions_file_names_the_line(tmp_path, cache_dir, content, message):
     f = tmp_path / "p.jsonl"
     f.write_text(content)
-    r = run_cli("evaluate.py", f"predictions={f}", f"hydra.run.dir={tmp_path / 'ev'}", cache_dir=cache_dir)
+    r = run_cli("evaluate.py", f"predictions={f}", "split=null", f"hydra.run.dir={tmp_path / 'ev'}", cache_dir=cache_dir)
     assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr

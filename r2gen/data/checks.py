@@ -1,6 +1,7 @@
 """The set-up check: find every study that would fail or mislead in epoch 3, before epoch 1.
 
-A study is bad when an image it lists is missing or unreadable (see `images.image_problem`) or it lists none.
+A study is bad when an image it lists is missing, unreadable or over the pixel budget `data.max_image_pixels` (see
+`images.image_problem`: the size is read from the header, nothing is decoded) or it lists none.
 `data.on_bad_sample=error` stops with one line that counts them and names the first few; `skip` drops them with
 a warning. Studies whose report is empty once cleaned are always dropped (with a warning): there is nothing to
 learn or score. A split left with no studies is an error.
@@ -37,20 +38,29 @@ CHUNK = 4096  # images handed to the threads at a time
 MANIFEST_VERSION = 1
 
 
+def has_words(report: str) -> bool:
+    """Is a cleaned report worth learning or scoring (a letter or digit in it)? Studies whose report is not are
+    dropped, here and when a predictions file is matched to its split."""
+    return any(c.isalnum() for c in report)
+
+
 def check_studies(ann: Studies, image_dir: Path, clean: Callable[[str], str], on_bad_sample: str,
-                  source: str, manifest_dir: Path | None = None) -> Studies:
-    """`ann` without its unusable studies; raises under `on_bad_sample=error` if any image is bad.
+                  source: str, manifest_dir: Path | None = None, splits: tuple[str, ...] = SPLITS,
+                  max_pixels: int | None = None) -> Studies:
+    """`ann` without its unusable studies; raises under `on_bad_sample=error` if any image is bad (missing,
+    unreadable, over `max_pixels` pixels), or if a split of `splits` (those the run needs) is left empty.
     `source` names where the studies came from, for messages; with `manifest_dir`, images found good by an
     earlier check and unchanged since (size, mtime) are not opened again."""
     if on_bad_sample not in POLICIES:
         raise ConfigError(f"data.on_bad_sample={on_bad_sample!r}: choose error or skip")
+    max_pixels = pixel_budget(max_pixels)
     t0 = time.perf_counter()
     paths = list(dict.fromkeys(p for s in SPLITS for e in ann[s] for p in e["image_path"]))  # unique, in order
     manifest = None
     if manifest_dir is not None:
-        key = f"{os.path.abspath(image_dir)}\n{source}"
+        key = f"{os.path.abspath(image_dir)}\n{source}\n{max_pixels}"  # another budget: checked again
         manifest = Path(manifest_dir) / f"{hashlib.blake2b(key.encode(), digest_size=16).hexdigest()}.npz"
-    problems, opened = image_problems(image_dir, paths, manifest)
+    problems, opened = image_problems(image_dir, paths, manifest, max_pixels)
     bad = []  # (split, id, path, reason)
     for s in SPLITS:
         for e in ann[s]:
@@ -76,20 +86,23 @@ def check_studies(ann: Studies, image_dir: Path, clean: Callable[[str], str], on
 
     out = {}
     for s in SPLITS:
-        out[s] = [e for e in ann[s] if any(c.isalnum() for c in clean(e["report"]))]
+        out[s] = [e for e in ann[s] if has_words(clean(e["report"]))]
         if len(out[s]) < len(ann[s]):
             log.warning("%s: dropped %d studies whose report is empty once cleaned", s, len(ann[s]) - len(out[s]))
-    empty = [s for s in SPLITS if not out[s]]
+    empty = [s for s in splits if not out[s]]
     if empty:
+        need = "each of train, val and test needs" if tuple(splits) == SPLITS else f"{' and '.join(splits)} needs"
         raise InputError(f"data split(s) {', '.join(empty)} have no usable studies in {source} (after dropping bad "
-                         f"images and empty reports); each of train, val and test needs at least one")
+                         f"images and empty reports); {need} at least one")
     return out
 
 
-def image_problems(image_dir: Path, paths: list[str], manifest: Path | None = None) -> tuple[dict[str, str], int]:
-    """({path: why it is bad} for the bad ones among `paths` (relative to `image_dir`), images opened). With
-    `manifest`, an image it records as good with the same size and mtime is not opened; the manifest is then
-    rewritten with the images found good now."""
+def image_problems(image_dir: Path, paths: list[str], manifest: Path | None = None,
+                   max_pixels: int | None = None) -> tuple[dict[str, str], int]:
+    """({path: why it is bad} for the bad ones among `paths` (relative to `image_dir`), images opened), each image
+    also refused when its header declares more than `max_pixels` pixels (None: Pillow's limit). With `manifest`,
+    an image it records as good with the same size and mtime is not opened; the manifest is then rewritten with
+    the images found good now."""
     from tqdm import tqdm
 
     known = read_manifest(manifest) if manifest is not None else {}
@@ -113,7 +126,7 @@ def image_problems(image_dir: Path, paths: list[str], manifest: Path | None = No
                                                   disable=None, delay=2) as bar:
         for start in range(0, len(todo), CHUNK):  # in chunks: a future per image of MIMIC would be ~0.2 GB
             chunk = todo[start:start + CHUNK]
-            reasons = pool.map(lambda t: image_problem(image_dir / t[0]), chunk)
+            reasons = pool.map(lambda t: image_problem(image_dir / t[0], max_pixels), chunk)
             for (p, stamp), reason in zip(chunk, reasons, strict=True):
                 if reason:
                     problems[p] = reason
@@ -123,6 +136,17 @@ def image_problems(image_dir: Path, paths: list[str], manifest: Path | None = No
     if manifest is not None and (todo or len(known) != len(good)):
         write_manifest(manifest, good)
     return problems, len(todo)
+
+
+def pixel_budget(value) -> int | None:
+    """`data.max_image_pixels` checked: a positive whole number of pixels (None: a run config from before the key,
+    which gets Pillow's limit)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"data.max_image_pixels={value!r}: choose a positive whole number of pixels (width x "
+                          f"height x frames an image may declare), e.g. data.max_image_pixels=64000000")
+    return value
 
 
 def read_manifest(path: Path) -> dict[str, tuple[int, int]]:

@@ -4,7 +4,8 @@ The module only generates (`validation_step` / `test_step` return a batch's repo
 study's generation beside its reference, gathers every rank's records into one corpus (dropping the studies the
 distributed sampler repeats to even out shards), scores it once on rank 0 with the run's `Scoring`, shares the
 scores with every rank and logs them as `val/<metric>` or `test/<metric>`, which the best-checkpoint callback
-monitors. After a test loop it can also write the results files (`write_test_results`). `train()` and
+monitors. After a test loop it can also write the results files (`write_test_results`), saying how many of
+the split's studies were scored (r2gen.scoring.coverage). `train()` and
 `evaluate()` both attach it, so validation, the test after training and `evaluate.py` score alike.
 """
 
@@ -16,6 +17,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
+from r2gen.scoring.coverage import Coverage
 from r2gen.scoring.policy import Scoring, score_records
 
 PROGRESS_BAR = ("score", "Bleu_4", "CIDEr")
@@ -54,8 +56,15 @@ class Evaluation(pl.Callback):
             from r2gen.scoring.results import with_image_paths, write_results
 
             out, meta, dataset = self._results
+            coverage = None
+            if dataset is not None:  # what of the split was scored (trainer.limit_test_batches can cut it short)
+                coverage = Coverage.of(str(meta.get("split", "")), [str(e["id"]) for e in dataset.entries],
+                                       [str(r["id"]) for r in self.records], "not generated in the test loop")
+                meta = {**meta, "coverage": coverage.meta()}
             records = with_image_paths(self.records, dataset) if dataset is not None else self.records
             write_results(out, records, self.scores, meta, self.scoring)
+            if coverage is not None and coverage.summary():
+                print(coverage.summary() + "\n")
 
     # --- scoring -------------------------------------------------------------------------------------
     def _score(self, trainer, pl_module, split: str) -> None:

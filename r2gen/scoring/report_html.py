@@ -4,7 +4,8 @@ SVG; images embedded as small base64 JPEG thumbnails).
 At the top: what was scored and how, the corpus scores, a histogram of the per-study scores and the per-label F1
 as bars. Below: one row per study with its thumbnails (when the records carry `image_path`), the generated and
 the reference report side by side, per-study BLEU-4 / ROUGE-L / CIDEr and the labels on which the labeler reads
-the two reports differently. A click on a column header sorts the rows.
+the two reports differently. A click on a column header sorts the rows. Reports are scored and labelled as given
+(cleaned) and shown detokenized, as people write them (r2gen.data.clean.detokenize).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from r2gen.data.clean import detokenize
 from r2gen.scoring import per_sample_scores
 
 STUDY_SCORES = ("Bleu_4", "ROUGE_L", "CIDEr")  # what per_sample_scores gives
@@ -131,7 +133,7 @@ def render(records: Sequence[dict], scores: dict[str, float], meta: dict[str, An
         thumbs = [t for t in (thumbnail(p) for p in r.get("image_path") or []) if t]
         imgs = "".join(f'<img src="{t}" alt="view {j}">' for j, t in enumerate(thumbs))
         cells = [(i, i), (r["id"], _esc(r["id"])), (len(thumbs), imgs or '<span class="none">none</span>'),
-                 (r["prediction"], _esc(r["prediction"])), (r["reference"], _esc(r["reference"]))]
+                 *((t, _esc(t)) for t in (detokenize(r["prediction"]), detokenize(r["reference"])))]
         cells += [(f"{per[i][k]:.6f}", f"{per[i][k]:.3f}") for k in STUDY_SCORES]
         if labeled:
             sides = _side_errors(r["prediction"], r["reference"]) if scoring.labeler == "chexpert" else []

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from r2gen.data.clean import detokenize
 from r2gen.scoring import METRIC_NAMES
 
 _SUMMARY = re.compile(r"ce_(precision|recall|f1)_(micro|macro|micro_5)")
@@ -60,14 +61,17 @@ def write_results(out_dir: str | Path, records: list[dict], scores: dict[str, fl
                   scoring=None) -> Path:
     """`out_dir/metrics.json` (scores at the top level, plus meta, the number of studies and, given the
     `Scoring`, the reference protocol and labeler), `out_dir/predictions.jsonl` (one `{"id", "prediction",
-    "reference"}` per study, the reference as scored) and `out_dir/report.html` (the viewer)."""
+    "reference"}` per study: the generated report as people read it, detokenized, and the reference as scored;
+    `evaluate.py predictions=` cleans both and scores exactly what this evaluation scored) and `out_dir/report.html`
+    (the viewer). `records` hold both reports as scored (cleaned)."""
     from r2gen.scoring.report_html import write_report
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "predictions.jsonl", "w") as f:
         for r in records:
-            f.write(json.dumps({"id": r["id"], "prediction": r["prediction"], "reference": r["reference"]}) + "\n")
+            f.write(json.dumps({"id": r["id"], "prediction": detokenize(r["prediction"]),
+                                "reference": r["reference"]}) + "\n")
     if scoring is not None:
         meta = {**meta, "references": scoring.reference_protocol, "labeler": scoring.labeler_name}
     body = {**scores, "n_studies": len(records), **meta}
