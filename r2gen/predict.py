@@ -15,8 +15,8 @@ The model is rebuilt from the checkpoint as evaluate.py rebuilds it (`r2gen.chec
 overrides included), and each study is preprocessed and generated for as at evaluation: the encoder's size and
 normalisation, `data.image_size`, no augmentation, the first `data.num_views` images with a view mask, batches of
 `data.eval_batch_size`, the checkpoint's generate config, through a Lightning `Trainer.predict` (so a GPU is used
-when `trainer.accelerator` finds one). A missing or unreadable image stops the run with one line naming them
-(`data.on_bad_sample=skip`: the study is left out, with a warning).
+when `trainer.accelerator` finds one). A missing, unreadable or too large (`data.max_image_pixels`) image stops the
+run with one line naming them (`data.on_bad_sample=skip`: the study is left out, with a warning).
 
 The output is one `{"id", "report", "images"}` line per study (`images`: the absolute paths the model saw, in
 order), plus `"labels"` with `labels=true`: the report's CheXpert labels as the labeler gives them, 1 positive,
@@ -43,7 +43,7 @@ from r2gen import build
 from r2gen.checkpoint import cli_overrides, load_model, rebuild
 from r2gen.checkpoint_io import fsync_dir
 from r2gen.data.annotations import cell_paths, table_rows
-from r2gen.data.checks import POLICIES, SHOW, image_problems
+from r2gen.data.checks import POLICIES, SHOW, image_problems, pixel_budget
 from r2gen.data.datamodule import StudyDataset, image_transform
 from r2gen.data.images import DICOM_SUFFIXES, PIL_SUFFIXES, is_dicom
 from r2gen.data.resumable import worker_init
@@ -67,10 +67,13 @@ def predict(cfg: DictConfig, overrides: list[str] | None = None) -> Path:
         raise ConfigError(f"labels={cfg.labels!r}: choose true or false")
     overrides = cli_overrides() if overrides is None else list(overrides)
     ck, run = rebuild(cfg, overrides)
+    if run.data.get("max_image_pixels") is None:  # a checkpoint from before the key: this r2gen's budget
+        run.data.max_image_pixels = cfg.data.get("max_image_pixels")
     given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
     studies = read_input(cfg.input, list(run.data.get("image_columns") or ["image_path"]),
                          run.data.image_dir if "data.image_dir" in given else None)
-    studies = usable_studies(studies, run.data.num_views, run.data.on_bad_sample, cfg.input)
+    studies = usable_studies(studies, run.data.num_views, run.data.on_bad_sample, cfg.input,
+                             max_pixels=run.data.max_image_pixels)
     out_dir = build.output_dir(run)
     path = output_path(cfg.output, out_dir)
     pl.seed_everything(cfg.seed, workers=True)
@@ -191,10 +194,11 @@ def read_table(path: Path, fmt: str, image_columns: list[str], image_dir: str | 
     return studies
 
 
-def usable_studies(studies: list[Study], num_views: int, on_bad_sample: str, source) -> list[Study]:
+def usable_studies(studies: list[Study], num_views: int, on_bad_sample: str, source,
+                   max_pixels: int | None = None) -> list[Study]:
     """Each study cut to the `num_views` images the model reads, then the set-up check on those images
-    (`r2gen.data.checks`' rule and policy): a missing or unreadable one is an error naming them, or (`skip`) its
-    study is left out with a warning."""
+    (`r2gen.data.checks`' rule and policy): a missing, unreadable or over-budget (`max_pixels`) one is an error
+    naming them, or (`skip`) its study is left out with a warning."""
     if on_bad_sample not in POLICIES:
         raise ConfigError(f"data.on_bad_sample={on_bad_sample!r}: choose error or skip")
     cut = sum(len(s["image_path"]) > num_views for s in studies)
@@ -203,7 +207,8 @@ def usable_studies(studies: list[Study], num_views: int, on_bad_sample: str, sou
                     "used", cut, num_views, num_views)
     studies = [{**s, "image_path": s["image_path"][:num_views]} for s in studies]
     # the set-up check's own reader: every image once, in threads, with a progress bar on a terminal
-    problems, _ = image_problems(Path("/"), list(dict.fromkeys(p for s in studies for p in s["image_path"])))
+    paths = list(dict.fromkeys(p for s in studies for p in s["image_path"]))
+    problems, _ = image_problems(Path("/"), paths, max_pixels=pixel_budget(max_pixels))
     bad = []  # (id, path, reason)
     for s in studies:
         if not s["image_path"]:
@@ -232,7 +237,7 @@ def generate(model, run: DictConfig, studies: list[Study]) -> list[str]:
     dm = build.datamodule(run, model)  # image size and normalisation from the encoder, the collator
     transform = image_transform(dm.image_size, dm.mean, dm.std, augment=False)
     entries = [{"id": s["id"], "report": "", "image_path": s["image_path"]} for s in studies]
-    ds = StudyDataset(entries, Path(), transform, run.data.num_views, dm.clean)  # paths are absolute
+    ds = StudyDataset(entries, Path(), transform, run.data.num_views, dm.clean, dm.max_pixels)  # paths: absolute
     n = run.data.num_workers
     loader = DataLoader(ds, batch_size=run.data.eval_batch_size, shuffle=False, num_workers=n,
                         collate_fn=dm.collator, worker_init_fn=worker_init if n > 0 else None,

@@ -7,6 +7,7 @@ import re
 
 import pytest
 
+from r2gen.data.clean import detokenize, get_cleaner
 from r2gen.evaluate import evaluate
 from r2gen.scoring import CHEXPERT_LABELS, score_corpus
 from r2gen.scoring.policy import Scoring, score_records, truncate_reference
@@ -92,7 +93,10 @@ def test_predictions_mode_truncated_references_and_viewer(tmp_path, cache_dir):
     assert m["references"] == "truncated(4)" and m["labeler"] == "chexpert (uncertain -> negative)"
     written = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
     assert [w["reference"] for w in written] == [" ".join(r["reference"].lower().split()[:4]) for r in rows]
-    want = score_corpus([w["prediction"] for w in written], [w["reference"] for w in written])
+    # scored: the predictions cleaned; written: those as people read them (detokenized)
+    clean = get_cleaner("iu_xray")
+    assert [w["prediction"] for w in written] == [detokenize(clean(r["prediction"])) for r in rows]
+    want = score_corpus([clean(r["prediction"]) for r in rows], [w["reference"] for w in written])
     for k, v in want.items():
         assert scores[k] == pytest.approx(v, abs=1e-12) and m[k] == pytest.approx(v, abs=1e-12), k
     page = parse_page((out / "report.html").read_text())

@@ -4,6 +4,10 @@ Published IU-Xray and MIMIC-CXR numbers were computed on text cleaned this way, 
 the regex character class `[.,?;*!%^&_+():-\\[\\]{}]` contains the range `:-\\[` (which also strips `<=>?@`
 and upper-case letters, already lower-cased by then), empty sentences are kept (R2Gen's `!= []` test
 compares a string with a list and is always true), and `'1. '` is removed anywhere in the text.
+
+Cleaned text is for scoring (`no pneumothorax .`: punctuation split off as its own token). What people read is that
+text detokenized (`detokenize`: `no pneumothorax.`), and cleaning the detokenized text gives the scored text back, so
+a predictions file of readable reports scores as the run did.
 """
 
 from __future__ import annotations
@@ -57,6 +61,30 @@ def clean_report_mimic_cxr(report: str) -> str:
 def clean_whitespace(report: str) -> str:
     """No R2Gen policy: only collapse whitespace (newlines included) and lower-case."""
     return " ".join(report.split()).lower()
+
+
+_PUNCT = frozenset(".,;:?!")
+
+
+def detokenize(report: str) -> str:
+    """The report as people read it: single spaces, none before `. , ; : ? !`, none at either end.
+
+    Made to invert R2Gen's cleaners (iu_xray, mimic_cxr): `clean(detokenize(clean(x)))` equals `clean(x)` up to runs of spaces (which
+    no scorer but pycocoevalcap's ROUGE-L tells apart). Two quirks of R2Gen's cleaning keep a space before a
+    period where joining would change what scoring sees: after a token ending in `1` or a lone `2`-`5` (the cleaner
+    deletes `1. ` anywhere and ` 2. `..` 5. `), and an empty sentence (`a . . b .`: the second period starts one).
+    """
+    words: list[str] = []
+    tokens = report.split()
+    for i, w in enumerate(tokens):
+        if words and set(w) <= _PUNCT:
+            prev, last = words[-1], i == len(tokens) - 1
+            keep = w[0] == "." and (prev[-1] == "." or (not last and (prev[-1] == "1" or prev in ("2", "3", "4", "5"))))
+            if not keep:
+                words[-1] = prev + w
+                continue
+        words.append(w)
+    return " ".join(words)
 
 
 CLEANERS: dict[str, Callable[[str], str]] = {

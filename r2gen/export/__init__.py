@@ -100,6 +100,7 @@ def export(cfg: DictConfig, overrides: list[str] | None = None) -> Path:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp", dir=out.parent))
         if cfg.part == "lm":
+            lm.generation_config = model.gen_config  # how the run decoded, not the checkpoint's own sampling file
             lm.save_pretrained(tmp)
             model.tokenizer.save_pretrained(tmp)
             (tmp / "README.md").write_text(lm_card(run, Path(str(cfg.ckpt))))
@@ -169,11 +170,13 @@ def import_exported(folder: Path) -> types.ModuleType:
 def hf_config(model, lm, run: DictConfig) -> dict[str, Any]:
     """Everything `R2GenConfig` needs to rebuild the model without r2gen (see configuration_r2gen.py)."""
     from r2gen import build
+    from r2gen.models.lm import checkpoint_generation
 
     dm = build.datamodule(run, model)  # the image size and normalisation predict.py uses
     lm_config = {k: v for k, v in lm.config.to_dict().items() if k not in ("_name_or_path", "transformers_version")}
-    generate = model.gen_config.to_diff_dict()
+    generate = model.gen_config.to_diff_dict()  # r2gen's decoding (generate.*), the LM's stop tokens
     generate.pop("transformers_version", None)
+    sampling, _ = checkpoint_generation(lm)  # the LM's own sampling values, for generate_reports(do_sample=True)
     # an attention the LM config names (e.g. eager for Gemma-2) is kept; `auto` (flash-attention 2 where the export
     # happens to run on a GPU with flash-attn) becomes transformers' default, so the folder loads anywhere
     attention = run.lm.get("attn_implementation")
@@ -187,6 +190,7 @@ def hf_config(model, lm, run: DictConfig) -> dict[str, Any]:
         "prompt": {"prefix": list(model.prompt.prefix), "suffix": list(model.prompt.suffix)},
         "clean": run.data.clean,
         "generate": generate,
+        "sampling": sampling,
         "lm_config": lm_config,
         "lm_attn_implementation": attention,
         "batch_size": int(run.data.eval_batch_size),
@@ -218,17 +222,49 @@ def write_model(model, lm, run: DictConfig, folder: Path) -> None:
 
 
 # --- model cards ----------------------------------------------------------------------------------------------------
+def _names(recorded: Any, ckpt: Path) -> bool:
+    """Whether the `ckpt` a metrics.json records (as given on its command line: absolute, or relative to where that
+    command ran) is the checkpoint file `ckpt`: the same file, or a relative path whose every part ends its path."""
+    if not isinstance(recorded, str) or not recorded.endswith(ckpt.name):
+        return False
+    r = Path(recorded).expanduser()
+    if r.is_absolute() or r.exists():
+        try:
+            return r.resolve() == ckpt.resolve()
+        except OSError:
+            return False
+    parts = [q for q in r.parts if q not in (".", "")]
+    return ".." not in parts and list(ckpt.resolve().parts[-len(parts):]) == parts
+
+
 def run_scores(ckpt: Path) -> tuple[dict[str, Any] | None, str]:
-    """The run's test scores (`<run>/test/metrics.json`, next to `<run>/checkpoints/`), and which checkpoint they
-    belong to, in words."""
-    path = ckpt.parent.parent / "test" / "metrics.json"
-    try:
-        metrics = json.loads(path.read_text())
-    except (OSError, ValueError):
+    """The scores of the run's evaluation (`metrics.json` under the run folder, next to `<run>/checkpoints/`) and
+    where they came from, in words: a test evaluation of this very checkpoint first (`test/metrics.json` after
+    training, `evaluate/metrics.json` as `make demo` writes it, or any evaluation folder in the run whose metrics.json
+    names it), then one on another split, then the run's test scores of another of its checkpoints. An evaluation
+    with `shuffle_images=true` (a control) or of a predictions file is not the model's score."""
+    run = ckpt.parent.parent
+    found = []
+    for path in sorted({*run.glob("*/metrics.json"), *run.glob("*/*/metrics.json")}):
+        try:
+            metrics = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(metrics, dict) or metrics.get("shuffle_images") or "ckpt" not in metrics:
+            continue
+        same = _names(metrics.get("ckpt"), ckpt)
+        if not (same or (path.parent == run / "test" and metrics.get("split") == "test")):
+            continue
+        rank = (same, metrics.get("split") == "test", path.stat().st_mtime)
+        found.append((rank, path, metrics))
+    if not found:
         return None, ""
-    scored = Path(str(metrics.get("ckpt", ""))).name
-    same = scored == ckpt.name
-    return metrics, ("" if same else f" (of `{scored}` of the same run, not of the exported `{ckpt.name}`)")
+    (same, _, _), path, metrics = max(found, key=lambda f: f[0])
+    where = f"`{path.relative_to(run)}` of the run"
+    if not same:
+        scored = Path(str(metrics.get("ckpt", ""))).name
+        where += f", of `{scored}` of the same run, not of the exported `{ckpt.name}`"
+    return metrics, where
 
 
 def _lm_name(run: DictConfig) -> str:
@@ -277,13 +313,13 @@ def model_card(run: DictConfig, ckpt: Path, folder: Path) -> str:
              f"- generation: {json.dumps(OmegaConf.to_container(run.generate, resolve=True))}",
              f"- weights: {size / 2**20:,.1f} MiB of safetensors; LM architecture `{config['lm_config']['model_type']}`",
              "", "## Test scores", ""]
-    metrics, whose = run_scores(ckpt)
+    metrics, where = run_scores(ckpt)
     if metrics is None:
-        lines.append("No test scores: the run folder has no `test/metrics.json` (train with test_after_fit=true, or "
-                     "run evaluate.py).")
+        lines.append(f"No test scores: no metrics.json in the run folder scores `{ckpt.name}` (train with "
+                     f"test_after_fit=true, or run `evaluate.py ckpt=<this checkpoint> hydra.run.dir=<run>/evaluate`).")
     else:
         keys = [k for k in (*METRIC_NAMES, "ce_f1_micro", "ce_f1_macro", "finding_f1_macro") if k in metrics]
-        lines += [f"On the {metrics.get('split', 'test')} split, {metrics.get('n_studies', '?')} studies{whose}; "
+        lines += [f"On the {metrics.get('split', 'test')} split, {metrics.get('n_studies', '?')} studies (from {where}); "
                   f"references: {metrics.get('references', 'full')}"
                   f"{'; labeler: ' + metrics['labeler'] if metrics.get('labeler') else ''}.", "",
                   "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys),

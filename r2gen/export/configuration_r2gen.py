@@ -18,7 +18,10 @@ class R2GenConfig(PretrainedConfig):
     image: {"size": side images are resized to, "mean", "std": per-channel normalisation}
     prompt: {"prefix", "suffix"}: the LM token ids before and after the image tokens
     clean: the report cleaning applied to generated text ("iu_xray" | "mimic_cxr" | "whitespace")
-    generate: the generation config (`GenerationConfig.to_dict()`); `generate_reports(**kwargs)` overrides keys
+    generate: the generation config (`GenerationConfig.to_dict()`): the run's `generate.*` and the LM's stop tokens;
+        `generate_reports(**kwargs)` overrides keys
+    sampling: the LM checkpoint's own sampling values (temperature, top_p, ...), used when `generate_reports` is asked
+        `do_sample=True` and the stored config does not sample (a key passed to it still wins)
     lm_config: the causal LM's own config (`to_dict()`, with its `model_type`): built with `from_config`
     lm_attn_implementation: the attention the run's LM config named (None: transformers' default, e.g. sdpa)
     batch_size: studies per generation batch (the run's `data.eval_batch_size`: batches pad alike)
@@ -29,7 +32,7 @@ class R2GenConfig(PretrainedConfig):
 
     def __init__(self, encoder: dict | None = None, num_views: int = 1, image: dict | None = None,
                  prompt: dict | None = None, clean: str = "whitespace", generate: dict | None = None,
-                 lm_config: dict | None = None, lm_attn_implementation: str | None = None, batch_size: int = 8,
+                 sampling: dict | None = None, lm_config: dict | None = None, lm_attn_implementation: str | None = None, batch_size: int = 8,
                  **kwargs):
         self.encoder = encoder or {}
         self.num_views = num_views
@@ -37,6 +40,7 @@ class R2GenConfig(PretrainedConfig):
         self.prompt = prompt or {"prefix": [], "suffix": []}
         self.clean = clean
         self.generate = generate or {}
+        self.sampling = sampling or {}
         self.lm_config = lm_config or {}
         self.lm_attn_implementation = lm_attn_implementation
         self.batch_size = batch_size

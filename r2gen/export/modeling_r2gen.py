@@ -9,7 +9,8 @@ Exported by r2gen (`python -m r2gen.export ckpt=... out=...`) and loaded without
 The pipeline is r2gen's own, file for file: images are read by `images.py` (PNG, JPEG, DICOM), resized and
 normalised by `transform.py`, encoded and their views fused by `encoder.py` (a timm model), projected into the LM's
 embedding space (`lm_proj` + `lm_norm`), placed between the prompt's token ids and left-padded by `prompt.py`, and
-the causal LM generates; the text is decoded without special tokens and cleaned by `clean.py`. Those four files are
+the causal LM generates; the text is decoded without special tokens, cleaned and detokenized by `clean.py` (the
+report as people read it: `no pneumothorax.`). Those files are
 copied verbatim from r2gen; this one holds what r2gen's LightningModule does around them. LoRA adapters were merged
 into the weights at export, so neither peft nor r2gen is needed.
 """
@@ -25,7 +26,7 @@ from PIL import Image
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel
 
-from .clean import get_cleaner
+from .clean import detokenize, get_cleaner
 from .configuration_r2gen import R2GenConfig
 from .encoder import ImageEncoder
 from .images import load_image, to_rgb
@@ -103,11 +104,14 @@ class R2GenModel(PreTrainedModel):
 
     @torch.no_grad()
     def generate_reports(self, studies, batch_size: int | None = None, **generate_kwargs) -> list[str]:
-        """One cleaned report per study; a study is a list of image paths or PIL images. `batch_size` studies are
-        generated together (default: as r2gen evaluated); `generate_kwargs` (e.g. `num_beams=1`) change the stored
-        generation config for this call."""
+        """One report per study (cleaned, detokenized); a study is a list of image paths or PIL images. `batch_size`
+        studies are generated together (default: as r2gen evaluated); `generate_kwargs` (e.g. `num_beams=1`) change
+        the stored generation config for this call; `do_sample=True` samples with the LM checkpoint's own sampling
+        values (`config.sampling`) unless a kwarg sets one."""
         gen = copy.deepcopy(self.lm_model.generation_config)
         if generate_kwargs:
+            if generate_kwargs.get("do_sample") and not gen.do_sample:
+                gen.update(**{k: v for k, v in (self.config.sampling or {}).items() if k not in generate_kwargs})
             unknown = gen.update(**generate_kwargs)
             if unknown:
                 raise ValueError(f"not generation options: {', '.join(sorted(unknown))}")
@@ -123,5 +127,5 @@ class R2GenModel(PreTrainedModel):
             inputs, attn = assemble(embed, prompt, img, mask, padding_side="left")
             out = self.lm_model.generate(inputs_embeds=inputs, attention_mask=attn, generation_config=gen)
             texts = self.tokenizer.batch_decode(out, skip_special_tokens=True)  # new tokens only (inputs_embeds)
-            reports += [self.clean(t) for t in texts]
+            reports += [detokenize(self.clean(t)) for t in texts]
         return reports

@@ -1,12 +1,14 @@
 """Load any causal LM and its tokenizer from config: pad-token policy, dtype, attention, device map, quantization,
 remote code, generate kwargs.
 
-Nothing here names a model family: what differs between families is said in `conf/lm/*.yaml`.
+Nothing here names a model family: what differs between families is said in `conf/lm/*.yaml`. How reports are decoded
+is said by the `generate` group alone: a checkpoint's own `generation_config.json` (a chat model's sampling settings,
+its repetition penalty, its max_length) gives only its stop tokens, and its sampling values when `generate.do_sample`
+asks for sampling (`generation_config`).
 """
 
 from __future__ import annotations
 
-import copy
 import importlib.util
 import logging
 from pathlib import Path
@@ -15,6 +17,7 @@ from typing import Any
 import torch
 from pytorch_lightning.utilities import rank_zero_info
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
 from r2gen.errors import ConfigError, InputError
 
@@ -116,8 +119,6 @@ def auto_attention(setting: str | None, path: str, dtype: str | None, trust_remo
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError):  # the load itself will say what is wrong with the folder
         return None
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
-
     cls = MODEL_FOR_CAUSAL_LM_MAPPING.get(type(config), None)  # None for remote code: its own attention
     resolved = _dtype(dtype)
     if resolved == "auto":
@@ -152,12 +153,41 @@ def quantization_config(quant_cfg, lm_cfg):
     return instantiate(quant_cfg)
 
 
+def check_causal_lm(path: str, trust_remote_code: bool = False) -> None:
+    """Fail, naming what the folder is, unless `AutoModelForCausalLM` loads its config as a decoder-only LM: read from
+    config.json alone, before any weights. An encoder-decoder (T5, BART, Whisper) is refused even where transformers
+    has a `...ForCausalLM` class for it: that class keeps the decoder and drops the encoder's weights."""
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except OSError as e:  # no config.json, or a hub id offline: the tokenizer's load says the same for a typo
+        raise InputError(f"lm.name_or_path={path!r}: no model config (config.json) could be read from this folder or "
+                         f"hub id; point it at a causal LM's save_pretrained folder. Cause: {str(e).splitlines()[0]}"
+                         ) from None
+    except ValueError as e:  # remote code not trusted, or a model_type this transformers does not know
+        refused = _remote_code_refused(e, path)
+        if refused is not None:
+            raise refused from None
+        raise InputError(f"lm.name_or_path={path!r}: transformers cannot read its config.json ({str(e).splitlines()[0]}); "
+                         f"r2gen loads a causal LM that AutoModelForCausalLM loads (or, with lm.trust_remote_code=true, "
+                         f"one whose own code names AutoModelForCausalLM in its auto_map)") from None
+    remote = trust_remote_code and "AutoModelForCausalLM" in (getattr(config, "auto_map", None) or {})
+    if remote or (type(config) in MODEL_FOR_CAUSAL_LM_MAPPING and not config.is_encoder_decoder):
+        return
+    archs = ", ".join(getattr(config, "architectures", None) or []) or "no architectures listed"
+    kind = "an encoder-decoder model" if config.is_encoder_decoder else "not a causal LM AutoModelForCausalLM loads"
+    raise InputError(f"lm.name_or_path={path!r} is a {config.model_type!r} model ({archs}): {kind}. r2gen needs a "
+                     f"decoder-only causal LM that AutoModelForCausalLM loads (llama, qwen2, mistral, gpt2, ...), or one "
+                     f"with its own code (auto_map AutoModelForCausalLM) with lm.trust_remote_code=true; choose such a "
+                     f"checkpoint")
+
+
 def load_lm(lm_cfg, quantization_config=None, path: str | None = None):
     """(model, tokenizer) as `lm_cfg` says, via `AutoModelForCausalLM.from_pretrained` (from `path` if given)."""
     path = str(path or lm_cfg.name_or_path)
     if lm_cfg.get("unsupported"):  # a known incompatibility, said before minutes of downloading
         raise ConfigError(f"lm.name_or_path={lm_cfg.name_or_path!r} does not work with this r2gen: {lm_cfg.unsupported} "
                           "(set lm.unsupported=null to try anyway)")
+    check_causal_lm(path, bool(lm_cfg.trust_remote_code))  # before the tokenizer and the weights
     tokenizer = load_tokenizer(path, bool(lm_cfg.trust_remote_code))
     added = apply_pad_policy(tokenizer, lm_cfg.pad_token)
     if tokenizer.eos_token_id is None:
@@ -197,17 +227,75 @@ def stop_ids(model_eos, tokenizer) -> int | list[int]:
     return [tokenizer.eos_token_id, *dict.fromkeys(extra)] if extra else tokenizer.eos_token_id
 
 
+# Bookkeeping in a generation_config.json, not a decoding choice: the token ids are r2gen's (the tokenizer's, and the
+# stop tokens `stop_ids` keeps), the rest records where the file came from.
+_NOT_DECODING = {"bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id", "transformers_version",
+                 "_from_model_config"}
+
+
+def _sampling_only(key: str, value: Any) -> bool:
+    """Whether transformers' own check (`GenerationConfig.validate`) accepts `key=value` when sampling and refuses it
+    otherwise: temperature, top_p, top_k, min_p, typical_p, epsilon/eta cutoffs, ... as this transformers defines them."""
+    def accepted(do_sample: bool) -> bool:
+        try:
+            GenerationConfig(do_sample=do_sample, **{key: value}).validate(strict=True)
+        except (ValueError, TypeError):
+            return False
+        return True
+
+    return accepted(True) and not accepted(False)
+
+
+def checkpoint_generation(model) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The decoding settings of the model's own generation config (`generation_config.json`), as (sampling values,
+    the other settings): what a chat checkpoint ships (do_sample, temperature, top_p, repetition_penalty,
+    max_length...). Token ids are left out (`_NOT_DECODING`)."""
+    if model.generation_config is None:
+        return {}, {}
+    own = {k: v for k, v in model.generation_config.to_diff_dict().items() if k not in _NOT_DECODING}
+    sampling = {k: v for k, v in own.items() if k != "do_sample" and _sampling_only(k, v)}
+    return sampling, {k: v for k, v in own.items() if k not in sampling}
+
+
 def generation_config(model, tokenizer, kwargs: dict[str, Any]) -> GenerationConfig:
-    """The model's generation config updated with `generate.*`; an unknown or inconsistent kwarg fails here,
-    when the run starts, naming the config key, instead of being dropped silently by `generate`."""
-    gen = copy.deepcopy(model.generation_config) if model.generation_config is not None else GenerationConfig()
+    """The generation config reports are decoded with: `generate.*` (`kwargs`) on transformers' defaults. From the
+    model's own generation config only its stop tokens are taken (`stop_ids`), and its sampling values (temperature,
+    top_p, ...) when `generate.do_sample=true` asks for sampling (a `generate.*` key still wins); everything else it
+    sets (a chat model's do_sample, repetition_penalty, max_length) is not used, said in one log line. An unknown or
+    inconsistent `generate.*` kwarg fails here, when the run starts, naming the config key, instead of being dropped
+    silently by `generate`."""
+    sampling, other = checkpoint_generation(model)
+    gen = GenerationConfig()
+    sample = bool(kwargs.get("do_sample"))
+    if sample:
+        gen.update(**sampling)
     unknown = gen.update(**kwargs)
     if unknown:
         keys = ", ".join(f"generate.{k}" for k in unknown)
         raise ConfigError(f"{keys}: not a generation option of transformers' GenerationConfig; remove it or fix the name")
+    own_eos = model.generation_config.eos_token_id if model.generation_config is not None else None
     gen.pad_token_id = tokenizer.pad_token_id
-    gen.eos_token_id = stop_ids(gen.eos_token_id, tokenizer)
+    gen.eos_token_id = stop_ids(kwargs["eos_token_id"] if "eos_token_id" in kwargs else own_eos, tokenizer)
     gen.bos_token_id = tokenizer.bos_token_id
+    defaults = GenerationConfig._get_default_generation_params()  # what `generate` fills in for an unset key
+
+    def used(key: str) -> Any:
+        value = getattr(gen, key, None)
+        return defaults.get(key, False if key.startswith("output_") else None) if value is None else value
+
+    unused = {k: v for k, v in other.items() if used(k) != v}
+    unused_sampling = {} if sample else {**({"do_sample": unused.pop("do_sample")} if "do_sample" in unused else {}),
+                                         **sampling}
+    if unused_sampling or unused:
+        said = lambda d: ", ".join(f"{k}={v!r}" for k, v in d.items())  # noqa: E731
+        why = []
+        if unused_sampling:
+            why.append(f"{said(unused_sampling)} only apply to sampling, and generate.do_sample={kwargs.get('do_sample')} "
+                       f"(set generate.do_sample=true to sample with them)")
+        if unused:
+            why.append(f"{said(unused)}: the generate group decides how reports are decoded (set generate.<key> to "
+                       f"change one)")
+        rank_zero_info(f"generation: not using these settings of the LM's generation_config.json: {'; '.join(why)}")
     try:
         gen.validate(strict=True)
     except ValueError as e:

@@ -18,7 +18,7 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
 from r2gen.checkpoint import payload
-from r2gen.data.clean import get_cleaner
+from r2gen.data.clean import detokenize, get_cleaner
 from r2gen.errors import ConfigError, InputError
 from r2gen.models.encoder import ImageEncoder
 from r2gen.models.lm import generation_config, load_lm, quantization_config
@@ -164,12 +164,14 @@ class R2GenModule(pl.LightningModule):
     @torch.no_grad()
     def generate(self, images: torch.Tensor | None, view_mask: torch.Tensor,
                  features: torch.Tensor | None = None) -> list[str]:
-        """Reports for a batch of studies (images, or cached `features`), cleaned with the data set's policy."""
+        """Reports for a batch of studies (images, or cached `features`) as people read them: cleaned with the data
+        set's policy, then detokenized (`no pneumothorax.`; r2gen.data.clean). `self.clean` of one gives the text
+        scoring sees (`no pneumothorax .`)."""
         img, mask = self.encode_images(images, view_mask, features)
         inputs, attn = assemble(self.embed, self.prompt, img, mask, padding_side="left")
         out = self.lm_model.generate(inputs_embeds=inputs, attention_mask=attn, generation_config=self.gen_config)
         texts = self.tokenizer.batch_decode(out, skip_special_tokens=True)  # new tokens only (inputs_embeds)
-        return [self.clean(t) for t in texts]
+        return [detokenize(self.clean(t)) for t in texts]
 
     # --- loops ---------------------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
@@ -181,14 +183,16 @@ class R2GenModule(pl.LightningModule):
         return losses["loss"]
 
     def validation_step(self, batch, batch_idx) -> list[str]:
-        """The batch's generated reports; the evaluation callback (r2gen.scoring.callback) records and scores them."""
-        return self.generate(batch.get("images"), batch["view_mask"], batch.get("features"))
+        """The batch's generated reports as scored (cleaned, like the references); the evaluation callback
+        (r2gen.scoring.callback) records and scores them, and the results files show them detokenized."""
+        return [self.clean(t) for t in self.generate(batch.get("images"), batch["view_mask"], batch.get("features"))]
 
     def test_step(self, batch, batch_idx) -> list[str]:
         return self.validation_step(batch, batch_idx)
 
     def predict_step(self, batch, batch_idx) -> list[str]:
-        return self.validation_step(batch, batch_idx)
+        """The batch's reports as people read them (predict.py, the app)."""
+        return self.generate(batch.get("images"), batch["view_mask"], batch.get("features"))
 
     # --- optimisation --------------------------------------------------------------------------------
     def configure_optimizers(self):
