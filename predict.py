@@ -9,7 +9,7 @@ from omegaconf import DictConfig
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="predict")
 def main(cfg: DictConfig) -> None:
-    from r2gen.cli import run_cli
+    from r2gen.boundary import run_cli
     from r2gen.predict import predict
 
     run_cli(predict, cfg)

@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 def main(cfg: DictConfig) -> float | None:
     """Returns the monitored score (`monitor.metric`, val/score by default) of the run's last validation, so a
     Hydra sweeper (`-m`, Optuna) can optimise it."""
-    from r2gen.cli import run_cli
+    from r2gen.boundary import run_cli
     from r2gen.train import monitored_score, train
 
     return monitored_score(cfg, run_cli(train, cfg))

@@ -18,6 +18,7 @@ import torch
 from omegaconf import DictConfig
 
 from r2gen import build
+from r2gen.boundary import module_main
 from r2gen.data.datamodule import SPLITS
 from r2gen.errors import ConfigError
 from r2gen.models.module import image_encoder
@@ -50,7 +51,10 @@ def build_cache(cfg: DictConfig) -> dict[str, str]:
     return files
 
 
-if __name__ == "__main__":
-    from r2gen.cli import cache_main
+def main():
+    """`python -m r2gen.cache key=value ...` (and its console script, r2gen.cli)."""
+    return module_main(build_cache, "cache")
 
-    cache_main()
+
+if __name__ == "__main__":
+    main()

@@ -3,7 +3,7 @@
 `python train.py trainer.max_epochs=abc` would otherwise build the data and the model and then die in Lightning with
 `TypeError: '>' not supported between 'int' and 'str'`; `+trainer.max_epoch=1` (a typo) with `Trainer.__init__() got
 an unexpected keyword argument`; `data=custom` without `data.root` with a traceback about `data.annotation`. The
-entry points (`r2gen.cli.run_cli`) call `check_config` first, so each is one line naming the key, the value and the
+entry points (`r2gen.boundary.run_cli`) call `check_config` first, so each is one line naming the key, the value and the
 fix. The Python API (`r2gen.train.train(cfg)`) does not check unless the caller does.
 
 The schema is the shipped YAML itself (one fact in one place): a group's keys are the union of its options' keys

@@ -1,6 +1,6 @@
 """The error boundary: a mistake in what the user gave (config, data, files) versus a bug.
 
-Raise one of these for the first; the entry points (`r2gen.cli.run_cli`) print its message as one line and exit
+Raise one of these for the first; the entry points (`r2gen.boundary.run_cli`) print its message as one line and exit
 with code 2. Anything else (a bug in r2gen, torch, transformers) keeps its traceback. Each class also derives from
 the builtin a caller would expect (`ValueError`, `FileNotFoundError`, `OSError`), so `except ValueError` around the
 Python API keeps working.

@@ -45,13 +45,12 @@ from r2gen.checkpoint_io import fsync_dir
 from r2gen.data.annotations import cell_paths, table_rows
 from r2gen.data.checks import POLICIES, SHOW, image_problems, pixel_budget
 from r2gen.data.datamodule import StudyDataset, image_transform
-from r2gen.data.images import DICOM_SUFFIXES, PIL_SUFFIXES, is_dicom
+from r2gen.data.images import IMAGE_SUFFIXES, is_dicom
 from r2gen.data.resumable import worker_init
 from r2gen.errors import ConfigError, InputError, MissingFileError, StorageError, UnsafeWriteError, UserError
 from r2gen.scoring.policy import Scoring
 
 log = logging.getLogger(__name__)
-IMAGE_SUFFIXES = PIL_SUFFIXES | DICOM_SUFFIXES
 TABLES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
 FORMS = "a folder of studies, a JSONL/CSV table (.jsonl, .csv) or image files (input=[a.png,b.dcm])"
 

@@ -9,7 +9,7 @@ One run per folder: a run holds the folder's lock (`.r2gen-lock`, an `flock` its
 after `kill -9`) from before Hydra writes until it exits, so a second command started on the same folder is refused
 in one line instead of mixing its config, checkpoints and logs with the first's. Holding the lock, a run also removes
 what a killed run left half-written (`r2gen.checkpoint_io.remove_stale_temps`). And a command that fails on a user
-error before it trained (`r2gen.cli`'s error boundary) removes the folder it created, while it holds only what this
+error before it trained (`r2gen.boundary`) removes the folder it created, while it holds only what this
 command wrote there (`discard_if_unused`); a folder that existed before, or holds anything else, is kept.
 """
 
@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 
 from r2gen import locks
+from r2gen.boundary import at_user_error, exit_with
 from r2gen.checkpoint_io import remove_stale_temps
-from r2gen.cli import at_user_error, exit_with
 from r2gen.errors import StorageError, UnsafeWriteError
 
 log = logging.getLogger(__name__)

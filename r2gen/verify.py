@@ -19,6 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from r2gen import build
+from r2gen.boundary import module_main
 from r2gen.data.collate import ReportTargets
 from r2gen.errors import UserError
 from r2gen.models.lm import generation_config, load_lm, quantization_config
@@ -144,7 +145,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return report
 
 
-if __name__ == "__main__":
-    from r2gen.cli import verify_main
+def main():
+    """`python -m r2gen.verify key=value ...` (and its console script, r2gen.cli)."""
+    return module_main(run, "verify")
 
-    verify_main()
+
+if __name__ == "__main__":
+    main()

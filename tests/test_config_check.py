@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from r2gen.cli import quiet_libraries, run_cli
+from r2gen.boundary import quiet_libraries, run_cli
 from r2gen.conf import CONF_DIR
 from r2gen.config_check import check_config
 from r2gen.errors import ConfigError

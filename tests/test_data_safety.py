@@ -240,7 +240,7 @@ def test_a_damaged_checkpoint_is_one_line(damage, demo_run, tmp_path):
 
 
 def test_user_errors_are_one_line_and_bugs_keep_their_traceback(capsys):
-    from r2gen.cli import run_cli as boundary
+    from r2gen.boundary import run_cli as boundary
 
     def user_mistake(cfg):
         raise StorageError("hydra.run.dir=/x: not writable; choose another")

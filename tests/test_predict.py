@@ -241,7 +241,7 @@ def test_bad_settings_name_the_key(ckpt, tmp_path, cache_dir, args, cls, message
 
 
 def test_the_entry_point_exits_2_with_one_line(ckpt, tmp_path, cache_dir, capsys):
-    from r2gen.cli import run_cli as cli
+    from r2gen.boundary import run_cli as cli
 
     o = [f"ckpt={ckpt}", f"input={tmp_path / 'nope'}"]
     cfg = compose_cfg("predict", o, tmp_path / "run", cache_dir)

@@ -9,7 +9,7 @@ import textwrap
 import pytest
 from omegaconf import open_dict
 
-from r2gen.cli import run_cli
+from r2gen.boundary import run_cli
 from r2gen.models.lm import load_lm
 from r2gen.models.tiny_lm import train_tokenizer
 from r2gen.verify import VerifyError, run, verify

@@ -43,7 +43,7 @@ from starlette.exceptions import HTTPException
 
 from r2gen.app.reporter import Reporter
 from r2gen.app.uploads import MAX_FILES, UploadError, check_count, check_size, display_name, preview, save
-from r2gen.cli import one_line
+from r2gen.boundary import one_line
 from r2gen.data.checks import pixel_budget
 from r2gen.errors import ConfigError, UserError
 

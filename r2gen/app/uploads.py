@@ -15,9 +15,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from r2gen.data.images import ImageTooLarge, image_problem, load_image, read_size
+from r2gen.data.images import IMAGE_SUFFIXES, ImageTooLarge, image_problem, load_image, read_size
 from r2gen.errors import InputError
-from r2gen.predict import IMAGE_SUFFIXES
 
 MAX_FILES = 4  # a study: one to four images
 PREVIEW = 1024  # longest side of a preview, in pixels

@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out", help="the folder to write; must not exist, or be empty")
     args = parser.parse_args(argv)
 
-    from r2gen.cli import USER_ERRORS, exit_with, quiet_libraries
+    from r2gen.boundary import USER_ERRORS, exit_with, quiet_libraries
 
     quiet_libraries()
     start = time.perf_counter()

@@ -33,6 +33,7 @@ from PIL import Image
 
 DICOM_SUFFIXES = {".dcm", ".dicom"}
 PIL_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+IMAGE_SUFFIXES = PIL_SUFFIXES | DICOM_SUFFIXES  # what r2gen reads as an image
 BUDGET_KEY = "data.max_image_pixels"  # the config key a refusal names
 STRIPE = 1 << 18  # pixels per stripe through the display pipeline: its float64 work costs 2 MB, whatever the size
 HEADER_MAX = 16 << 20  # bytes of a deflated DICOM inflated at most to find its header (they are a few KB)
