@@ -35,7 +35,7 @@ from r2gen.predict import generate, image_list, usable_studies
 from r2gen.scoring.policy import Scoring
 
 log = logging.getLogger(__name__)
-APP_KEYS = {"host", "port", "max_file_mb"}  # the app's own keys (conf/app.yaml): never part of the rebuilt run
+APP_KEYS = {"host", "port", "max_file_mb", "max_concurrent_decodes", "allowed_hosts"}  # the app's own keys (conf/app.yaml): never part of the rebuilt run
 LIGHTNING_INFO = ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero")
 
 
