@@ -131,4 +131,6 @@ def module_main(fn: Callable[[DictConfig], object], task_name: str | None = None
 
     if task_name and not any(a.startswith("task_name=") for a in sys.argv[1:]):
         sys.argv.insert(1, f"task_name={task_name}")
+    if not any(a.lstrip("+").startswith("hydra.job.name=") for a in sys.argv[1:]):
+        sys.argv.insert(1, "hydra.job.name=cli")  # the job's log is <run>/cli.log, as for every console script
     return main()

@@ -394,9 +394,9 @@ def test_python_m_r2gen_app_prints_its_url_serves_and_stops_on_ctrl_c(ckpt, tmp_
         if p.poll() is None:
             p.kill()
             p.wait()
-    # nothing but Hydra's record of the run was written: no upload, no report
+    # nothing but Hydra's record of the run and the folder's run lock was written: no upload, no report
     written = {str(f.relative_to(tmp_path)) for f in tmp_path.rglob("*") if f.is_file()} - {"in/a.dcm"}
-    assert all(re.match(r"outputs/app/[\d-]+/[\d-]+/(\.hydra/\w+\.yaml|cli\.log)$", f) for f in written), written
+    assert all(re.match(r"outputs/app/[\d-]+/[\d-]+/(\.hydra/\w+\.yaml|cli\.log|\.r2gen-lock)$", f) for f in written), written
 
 
 @pytest.mark.slow
