@@ -4,7 +4,7 @@
                                                [--json benchmarks/results/generation_throughput.json] [overrides ...]
 
 The demo model (`python train.py`'s config; any `key=value` override, e.g. `encoder=swin_tiny data.image_size=224`)
-is built with `R2GenModule`, its test studies loaded with `build.datamodule` at each batch size, and
+is built with `build.model`, its test studies loaded with `build.datamodule` at each batch size, and
 `R2GenModule.generate` (left-padded `inputs_embeds`, the run's generation config) timed over `--studies` studies.
 Every report is exactly `--tokens` tokens (min = max new tokens), so an untrained model's early EOS cannot flatter
 a setting; loading images is not timed. Batch size 1 is the one-by-one baseline.
@@ -39,14 +39,13 @@ def main() -> None:
 
     from r2gen import build
     from r2gen.models.lm import generation_config
-    from r2gen.models.module import R2GenModule
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=[f"paths.output_dir={tempfile.mkdtemp()}",
                                            f"data.demo.n_test={max(args.studies, 4)}", *args.overrides])
     build.prepare_data(cfg.data)
     pl.seed_everything(cfg.seed)
-    model = R2GenModule(cfg, lm_path=build.lm_path(cfg)).eval()
+    model = build.model(cfg).eval()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device)
 

@@ -26,8 +26,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests.helpers: the bomb builders the tests use
 
-from tests.conftest import SMALL, write_dicom  # noqa: E402
 from tests.helpers import bombs  # noqa: E402
+from tests.helpers.config import SMALL  # noqa: E402
+from tests.helpers.dicom import write_dicom  # noqa: E402
 
 
 def run(args: list[str], cwd: Path, env: dict[str, str]) -> tuple[int, float, float, str]:

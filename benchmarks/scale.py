@@ -366,13 +366,12 @@ def measure_cache(tree: Path, cache: Path, work: Path, n_studies: int, steps: in
     from r2gen import build
     from r2gen.data.datamodule import StudyDataset
     from r2gen.data.feature_cache import FeatureCache
-    from r2gen.models.module import R2GenModule
 
     with initialize_config_dir(config_dir=str(ROOT / "r2gen" / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=["data=mimic_cxr", f"data.root={tree}", *SMALL, "data.num_workers=2",
                                            f"paths.cache_dir={cache}", f"paths.output_dir={work / 'runs' / 'cache'}"])
     pl.seed_everything(cfg.seed)
-    model = R2GenModule(cfg, lm_path=build.lm_path(cfg))
+    model = build.model(cfg)
     dm = build.datamodule(cfg, model)
     dm.setup()
     full = dm.splits["train"]

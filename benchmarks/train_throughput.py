@@ -3,7 +3,7 @@
     python benchmarks/train_throughput.py [--cases demo,demo-swin,paper] [--steps 6] [--batch-size 16]
                                           [--json benchmarks/results/train_throughput.json]
 
-Each case is one real run (`R2GenModule`, `build.datamodule`, a Lightning `Trainer.fit`) in its own process, so
+Each case is one real run (`build.model`, `build.datamodule`, a Lightning `Trainer.fit`) in its own process, so
 its peak memory is its own: RSS on a CPU, `torch.cuda.max_memory_allocated` on a GPU. A step's time runs from one
 `on_train_batch_end` to the next, so it includes loading the batch (decoding and resizing images, or reading
 cached features); the first `--warmup` steps are not counted. Building the cache (every training image through the
@@ -56,7 +56,6 @@ def run_one(case: str, mode: str, args) -> dict:
     from hydra import compose, initialize_config_dir
 
     from r2gen import build
-    from r2gen.models.module import R2GenModule
 
     cuda = torch.cuda.is_available()
     overrides, _ = shapes(cuda)[case]
@@ -70,7 +69,7 @@ def run_one(case: str, mode: str, args) -> dict:
             f"data.num_workers={args.workers}"])
     build.prepare_data(cfg.data)
     pl.seed_everything(cfg.seed)
-    model = R2GenModule(cfg, lm_path=build.lm_path(cfg))
+    model = build.model(cfg)
     dm = build.datamodule(cfg, model)
     dm.setup()
     cache_s = None

@@ -1,24 +1,48 @@
 """Turn a composed config into the run's parts: data on disk, the LM folder, the model, the DataModule, the Trainer.
 
-Shared by `train` and `evaluate`, so both rebuild a model the same way.
+`model` is the one function that builds a run's model: `train.py` calls it, and `load_model` (evaluate, predict,
+the export, the app) calls it with a checkpoint's weights, after `rebuild` has read the checkpoint and applied the
+command line's overrides to its config (`run_config`). The checkpoint format itself is `r2gen.checkpoint`, below
+the model; `r2gen.models.module.R2GenModule` takes what this module composes as arguments.
+
+Overrides mean what they mean to `train.py`: a group (`data=iu_xray`, `generate=greedy`, `lm=...`) replaces that
+group as a whole; a dotted key (`data.root=...`) changes one value; `~key` deletes one. How to score (`eval.*`),
+the trainer and the folders come from the evaluate command, never from the checkpoint.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
+from r2gen.checkpoint import read_checkpoint
+from r2gen.checkpoint_io import AtomicCheckpointIO
+from r2gen.conf import CONF_DIR
+from r2gen.convert import ensure_converted
 from r2gen.data.annotations import SPLITS, read_studies
 from r2gen.data.clean import get_cleaner
-from r2gen.data.collate import Collator, ReportTargets
+from r2gen.data.collate import Collator
 from r2gen.data.datamodule import ReportDataModule
-from r2gen.errors import ConfigError
+from r2gen.data.feature_cache import FeatureCache
+from r2gen.data.synthetic import generate_demo
+from r2gen.errors import ConfigError, InputError
+from r2gen.models import tiny_lm
+from r2gen.models.finding_loss import finding_labels
+from r2gen.models.module import R2GenModule
+from r2gen.models.prompt import ReportTargets
+from r2gen.run_folder import claim_run_folder
+from r2gen.scoring.policy import Scoring
 
 log = logging.getLogger(__name__)
 
@@ -26,12 +50,10 @@ log = logging.getLogger(__name__)
 def prepare_data(data_cfg: DictConfig) -> None:
     """Generate the synthetic demo set on first use (a no-op for real data sets)."""
     if data_cfg.get("demo"):
-        from r2gen.data.synthetic import generate_demo
-
         generate_demo(data_cfg.root, **data_cfg.demo)
 
 
-def lm_path(cfg: DictConfig, identity: dict | None = None) -> str:
+def lm_path(cfg: DictConfig, identity: dict | None = None, clean: Callable[[str], str] | None = None) -> str:
     """The LM folder or hub id to load.
 
     An LM config with a `build` block (lm=tiny) is a recipe for a model generated under `paths.cache_dir` (`built_lm`):
@@ -45,23 +67,19 @@ def lm_path(cfg: DictConfig, identity: dict | None = None) -> str:
     An LM config with `convert` (lm=chatglm3-6b: `convert: chatglm3`) names a checkpoint whose hub code no longer
     runs: it is converted once into a native folder under `paths.cache_dir/converted` (r2gen.convert), loaded from
     there without remote code.
+
+    `clean`: the run's report cleaner (default: the data set's, `data.clean`), which the tokenizer is trained on.
     """
     name = str(cfg.lm.name_or_path)
     if cfg.lm.get("convert"):
-        from r2gen.convert import ensure_converted
-
         return str(ensure_converted(cfg.lm.convert, name, Path(cfg.paths.cache_dir)))
     if not built_lm(cfg):
         return name
-    import torch
-
-    from r2gen.models import tiny_lm
-
     with torch.random.fork_rng():  # building seeds torch itself: a run that builds the LM must initialise and
         # shuffle exactly like one that finds it built
         if identity is not None:
             return str(tiny_lm.ensure_lm_from_identity(name, identity))
-        clean = get_cleaner(cfg.data.clean)
+        clean = clean or get_cleaner(cfg.data.clean)
         reports = [clean(e["report"]) for e in read_studies(cfg.data)["train"]]
         path = tiny_lm.ensure_tiny_lm(name, reports, cfg.lm.build)
     tiny_lm.folder_identity(path, cfg.lm.build)  # read now: a checkpoint written later needs no file
@@ -80,23 +98,41 @@ def lm_identity(cfg: DictConfig, folder: str | Path) -> dict | None:
     built it (r2gen.models.tiny_lm.folder_identity), None for a user's or a hub model."""
     if not built_lm(cfg):
         return None
-    from r2gen.models.tiny_lm import folder_identity
-
-    return folder_identity(folder, cfg.lm.build)
+    return tiny_lm.folder_identity(folder, cfg.lm.build)
 
 
-def datamodule(cfg: DictConfig, model, splits: tuple[str, ...] = SPLITS) -> ReportDataModule:
-    """The DataModule of a model (an R2GenModule): see `encoder_datamodule`; the collator holds the model's tokenizer
-    (reports become target ids in the loader workers), and with `data.finding_loss` training studies carry labels."""
+def model(cfg: DictConfig, identity: dict | None = None, lm_folder: str | None = None,
+          clean: Callable[[str], str] | None = None) -> R2GenModule:
+    """The run's model, as `cfg` describes it: the one place a model is built. `identity`: a checkpoint's own LM
+    (`lm_path`); `lm_folder`: load the LM from this folder instead (tests, benchmarks); `clean`: the run's report
+    cleaner, built once and passed on (default: `data.clean`'s)."""
+    clean = clean or get_cleaner(cfg.data.clean)
+    folder = lm_folder or lm_path(cfg, identity, clean)
+    return R2GenModule(cfg, lm_path=folder, clean=clean, lm_identity=lm_identity(cfg, folder),
+                       finding_labels=finding_labels(cfg))
+
+
+def datamodule(cfg: DictConfig, model: R2GenModule, splits: tuple[str, ...] = SPLITS,
+               scoring: Scoring | None = None) -> ReportDataModule:
+    """The DataModule of a model: see `encoder_datamodule`; the collator holds the model's tokenizer (reports become
+    target ids in the loader workers), the reports are cleaned with the model's cleaner, and with
+    `data.finding_loss` training studies carry the labels `scoring` (the run's, default `Scoring.from_config`)
+    gives them."""
     targets = ReportTargets(model.tokenizer, cfg.data.max_report_tokens)
-    return encoder_datamodule(cfg, model.encoder, model.encoder_mode, targets, model.finding_head is not None, splits)
+    labels = None
+    if model.finding_head is not None:  # data.finding_loss: the labeler's findings of each training report
+        labels = (scoring or Scoring.from_config(cfg)).label_matrix
+    return encoder_datamodule(cfg, model.encoder, model.encoder_mode, targets, labels, splits, model.clean)
 
 
 def encoder_datamodule(cfg: DictConfig, encoder, encoder_mode: str, targets: ReportTargets | None = None,
-                       finding_labels: bool = False, splits: tuple[str, ...] = SPLITS) -> ReportDataModule:
+                       finding_labels: Callable[[Sequence[str]], list[list[int]]] | None = None,
+                       splits: tuple[str, ...] = SPLITS, clean: Callable[[str], str] | None = None) -> ReportDataModule:
     """The DataModule for `encoder`: image size and normalisation from its timm data config and, for a frozen encoder
-    fed un-augmented images, its feature cache. Without `targets`, batches carry images and report strings only.
-    `splits`: the splits it reads and serves (evaluation: only the one it scores; the others may be absent)."""
+    fed un-augmented images, its feature cache. Without `targets`, batches carry images and report strings only;
+    `finding_labels`: reports -> 1/0 per label, for the training studies. `splits`: the splits it reads and serves
+    (evaluation: only the one it scores; the others may be absent). `clean`: the run's report cleaner (default:
+    `data.clean`'s)."""
     dc = encoder.data_config()
     size = cfg.data.image_size or dc["input_size"][-1]
     augment = cfg.data.augment
@@ -107,17 +143,11 @@ def encoder_datamodule(cfg: DictConfig, encoder, encoder_mode: str, targets: Rep
     features = None
     cache_dir = feature_cache_dir(cfg, encoder_mode, augment)
     if cache_dir is not None:
-        from r2gen.data.feature_cache import FeatureCache
-
         features = FeatureCache(encoder, cache_dir, cfg.data.eval_batch_size, cfg.data.num_workers,
                                 cfg.data.feature_cache_dtype)
-    labels = None
-    if finding_labels:  # data.finding_loss: the labeler's findings of each training report
-        from r2gen.scoring.policy import Scoring
-
-        labels = Scoring.from_config(cfg).label_matrix
-    return ReportDataModule(cfg.data, size, dc["mean"], dc["std"], augment, Collator(targets), features, labels,
-                            check_dir=Path(cfg.paths.cache_dir) / "setup-check", splits=splits)
+    return ReportDataModule(cfg.data, size, dc["mean"], dc["std"], augment, Collator(targets), features,
+                            finding_labels, check_dir=Path(cfg.paths.cache_dir) / "setup-check", splits=splits,
+                            clean=clean or get_cleaner(cfg.data.clean))
 
 
 def feature_cache_dir(cfg: DictConfig, encoder_mode: str, augment: bool) -> Path | None:
@@ -171,8 +201,6 @@ def checkpoint_io_plugins(strategy) -> list:
     """r2gen's atomic, weights-only CheckpointIO (r2gen.checkpoint_io), for every strategy that writes checkpoints
     through a CheckpointIO: one device, DDP, FSDP with full state dicts. DeepSpeed writes its own checkpoint folders,
     and a strategy built with its own checkpoint_io keeps it."""
-    from r2gen.checkpoint_io import AtomicCheckpointIO
-
     if isinstance(strategy, str) and strategy.startswith("deepspeed"):
         return []
     if strategy is not None and not isinstance(strategy, str):
@@ -184,6 +212,94 @@ def checkpoint_io_plugins(strategy) -> list:
 def output_dir(cfg: DictConfig) -> Path:
     """This run's folder (`paths.output_dir`), created and marked as an r2gen run; a folder that holds someone
     else's files is refused (r2gen.run_folder)."""
-    from r2gen.run_folder import claim_run_folder
-
     return claim_run_folder(cfg.paths.output_dir)
+
+
+# --- a run rebuilt from a checkpoint ---------------------------------------------------------------------------
+# Keys an evaluation or prediction sets itself: how to score, what to read and write, on what hardware; never read
+# from a checkpoint.
+EVAL_ONLY = {"ckpt", "predictions", "split", "shuffle_images", "task_name", "trainer", "paths", "hydra", "logger",
+             "callbacks", "experiment", "seed", "ckpt_path", "test_after_fit", "eval", "input", "output", "labels",
+             "out", "part", "host", "port", "max_file_mb"}
+
+
+def is_group(key: str) -> bool:
+    """Is `key` a config group (`data`, `lm`, `generate`, ...) rather than a key?"""
+    return "." not in key and (CONF_DIR / key).is_dir()
+
+
+def run_config(cfg: DictConfig, ck: dict[str, Any], overrides: list[str], ckpt: str | Path = "") -> DictConfig:
+    """The run to rebuild: the checkpoint's config with `overrides` (the command line's `key=value`s, their values
+    taken from the composed `cfg`) applied as train.py would apply them, then resolved."""
+    run = OmegaConf.create(ck["r2gen"]["config"])
+    for o in OverridesParser.create().parse_overrides(overrides):
+        key = o.key_or_group
+        if key.split(".")[0] in EVAL_ONLY or o.is_sweep_override():
+            continue
+        if o.is_delete():
+            parent, _, leaf = key.rpartition(".")
+            node = OmegaConf.select(run, parent) if parent else run
+            if isinstance(node, DictConfig) and leaf in node:
+                del node[leaf]
+            continue
+        value = OmegaConf.select(cfg, key, throw_on_missing=False)
+        value = OmegaConf.to_container(value, resolve=False) if isinstance(value, DictConfig) else value
+        if is_group(key):
+            run[key] = value  # replaced as a whole: nothing of the checkpoint's group survives
+        else:
+            OmegaConf.update(run, key, value, merge=False, force_add=True)
+    run.paths = OmegaConf.to_container(cfg.paths, resolve=True)
+    run.trainer = cfg.trainer
+    run.eval = cfg.eval
+    try:
+        return OmegaConf.create(OmegaConf.to_container(run, resolve=True))
+    except OmegaConfBaseException as e:
+        raise InputError(f"ckpt={ckpt}: its config does not resolve with this r2gen and these overrides "
+                         f"({str(e).splitlines()[0]}); set the key it names on the command line "
+                         f"(key=value), or evaluate with the r2gen version that wrote it") from None
+
+
+def cli_overrides() -> list[str]:
+    """The `key=value` overrides given on the command line, when running under Hydra."""
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def rebuild(cfg: DictConfig, overrides: list[str] | None = None) -> tuple[dict[str, Any], DictConfig]:
+    """The checkpoint `cfg.ckpt` and the run it rebuilds (`run_config`) with `overrides` (default: the command
+    line's). Cheap: the weights are memory-mapped, no model is built yet."""
+    ck = read_checkpoint(None if OmegaConf.is_missing(cfg, "ckpt") else cfg.ckpt)
+    return ck, run_config(cfg, ck, cli_overrides() if overrides is None else overrides, cfg.ckpt)
+
+
+def load_model(run: DictConfig, ck: dict[str, Any]) -> R2GenModule:
+    """The model `run` describes, with the checkpoint's weights. A locally built LM (lm=tiny) is rebuilt from what the
+    checkpoint stores of it; a checkpoint older than that (format 4) finds it by its training reports, so the demo
+    set is generated first when missing."""
+    identity = ck["r2gen"].get("lm")
+    if identity is None:
+        prepare_data(run.data)
+    built = model(run, identity)
+    load_weights(built, ck)
+    return built
+
+
+def load_weights(module: R2GenModule, ck: dict[str, Any]) -> None:
+    """Load the stored weights; everything the config trains must be there, and nothing foreign."""
+    module.on_load_checkpoint(ck)
+    state = ck["state_dict"]
+    if module.finding_head is None:  # a training aid (data.finding_loss) that generation never uses: a model rebuilt
+        # without it (a demo checkpoint evaluated with data=iu_xray) leaves its weights out
+        state = {k: v for k, v in state.items() if not k.startswith("finding_head.")}
+    own = module.state_dict()
+    wrong = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in state.items()
+             if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)]
+    if wrong:
+        k, theirs, ours = wrong[0]
+        raise InputError(f"checkpoint's {len(wrong)} weights do not fit this model (e.g. {k}: {list(theirs)} in the "
+                         f"checkpoint, {list(ours)} here): it was trained with another encoder or lm (a format 4 "
+                         f"checkpoint of lm=tiny used on another data set gets another tokenizer: use it on the data "
+                         f"it was trained on, or train again with this r2gen, whose checkpoints carry their LM)")
+    result = module.load_state_dict(state, strict=False)
+    if result.unexpected_keys:
+        raise InputError(f"checkpoint has {len(result.unexpected_keys)} weights this model lacks "
+                         f"(e.g. {result.unexpected_keys[:3]}): was it trained with another encoder or lm?")

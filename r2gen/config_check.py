@@ -7,7 +7,8 @@ entry points (`r2gen.boundary.run_cli`) call `check_config` first, so each is on
 fix. The Python API (`r2gen.train.train(cfg)`) does not check unless the caller does.
 
 The schema is the shipped YAML itself (one fact in one place): a group's keys are the union of its options' keys
-(`conf/data/*.yaml` for `data.*`), a key's kinds (bool, int, float, str, list, mapping, null) the union of its
+(`conf/data/*.yaml` for `data.*`) and of the bases in its subfolders they extend (`conf/lm/_base/`; an option's
+`defaults` list is Hydra's, not a key), a key's kinds (bool, int, float, str, list, mapping, null) the union of its
 defaults there; only where no default can say it (null, `???`, a value of several kinds) does `KINDS` below name
 the kinds. `trainer.*` is checked against `pytorch_lightning.Trainer.__init__`: its argument names and, where the
 annotation is simple, its types. Groups whose keys belong to another library (`generate`: GenerationConfig,
@@ -126,7 +127,7 @@ def schema(config_name: str | None = None) -> Schema:
         if group.name in ("experiment", "hydra"):  # global overlays / Hydra's own: not a node of the config
             continue
         node = root.child(group.name)
-        for option in sorted(group.glob("*.yaml")):
+        for option in sorted(group.rglob("*.yaml")):  # its options and the bases they extend (lm/_base/)
             node.add(_load(option))
     for key, kinds in KINDS.items():
         node = root

@@ -1,7 +1,7 @@
 """`evaluate(cfg)`: rebuild a model from a checkpoint, generate for a split, score it, write the results.
 
 The checkpoint's own config rebuilds the model; only what the user overrode on the command line changes it, with
-train.py's meaning (`r2gen.checkpoint.run_config`): `data=iu_xray` or `generate=greedy` replaces that group whole,
+train.py's meaning (`r2gen.build.run_config`): `data=iu_xray` or `generate=greedy` replaces that group whole,
 `data.root=...` or `generate.num_beams=1` one value. Trainer and paths come from the evaluate config (run folder
 `outputs/evaluate/<date>/<time>`).
 """
@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
 from typing import Any
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
 from r2gen import build
-from r2gen.checkpoint import load_model, rebuild
 from r2gen.data.annotations import read_studies
 from r2gen.data.checks import has_words
 from r2gen.data.clean import get_cleaner
@@ -42,9 +42,9 @@ def shuffle_images(dataset, seed: int) -> None:
     dataset.entries = entries  # packed again (a StudyDataset's studies are read-only numpy buffers)
 
 
-def split_studies(cfg: DictConfig) -> list[dict] | None:
+def split_studies(cfg: DictConfig, clean: Callable[[str], str]) -> list[dict] | None:
     """The studies of `cfg.split` a predictions file is matched to, their reports the references (those whose
-    report is empty once cleaned are dropped, as for `ckpt=`); None, and the file's own references are scored,
+    report is empty once cleaned with `clean` are dropped, as for `ckpt=`); None, and the file's own references are scored,
     under `split=null` or a data config that does not say where its data set is (`data.root` unset)."""
     if cfg.split is None or OmegaConf.is_missing(cfg.data, "root"):
         return None
@@ -52,7 +52,6 @@ def split_studies(cfg: DictConfig) -> list[dict] | None:
         raise ConfigError(f"split={cfg.split!r}: choose val or test, or null to score the predictions file's own "
                           f"references")
     build.prepare_data(cfg.data)  # data=demo: generated on first use
-    clean = get_cleaner(cfg.data.clean)
     studies = read_studies(cfg.data, (cfg.split,))[cfg.split]
     kept = [e for e in studies if has_words(clean(e["report"]))]
     if len(kept) < len(studies):
@@ -74,7 +73,7 @@ def score_predictions(cfg: DictConfig) -> dict[str, Any]:
     allow_partial = cfg.eval.allow_partial
     if not isinstance(allow_partial, bool):
         raise ConfigError(f"eval.allow_partial={allow_partial!r}: choose true or false")
-    studies = split_studies(cfg)
+    studies = split_studies(cfg, clean)
     given = read_predictions(cfg.predictions, references=studies is None)
     meta: dict[str, Any] = {"split": "predictions file", "predictions": str(cfg.predictions), "data": cfg.data.name,
                             "clean": cfg.data.clean}
@@ -107,15 +106,16 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, A
         return score_predictions(cfg)
     if cfg.split not in ("val", "test"):
         raise ConfigError(f"split={cfg.split!r}: choose val or test")
-    ck, run = rebuild(cfg, overrides)
-    evaluation = Evaluation(Scoring.from_config(run))
+    ck, run = build.rebuild(cfg, overrides)
+    scoring = Scoring.from_config(run)  # the run's one
+    evaluation = Evaluation(scoring)
     pl.seed_everything(cfg.seed, workers=True)
     out = build.output_dir(run)
 
     build.prepare_data(run.data)  # data=demo: generated on first use
-    model = load_model(run, ck)
+    model = build.load_model(run, ck)
     write_provenance(out, run, ckpt=str(cfg.ckpt), split=cfg.split)
-    dm = build.datamodule(run, model, splits=(cfg.split,))  # the other splits may be absent from the data set
+    dm = build.datamodule(run, model, splits=(cfg.split,), scoring=scoring)  # the other splits may be absent from the data set
     dm.setup()
     if cfg.get("shuffle_images"):
         shuffle_images(dm.splits[cfg.split], cfg.seed)

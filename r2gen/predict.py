@@ -11,7 +11,7 @@ per study out.
   * image files (`input=[a.png,b.dcm]`, or `input=a.png`): one study, its id the first file's stem.
 Images are PNG, JPEG (anything Pillow opens) or DICOM (by suffix, or a suffix-less file by its magic bytes).
 
-The model is rebuilt from the checkpoint as evaluate.py rebuilds it (`r2gen.checkpoint.rebuild`, command-line
+The model is rebuilt from the checkpoint as evaluate.py rebuilds it (`r2gen.build.rebuild`, command-line
 overrides included), and each study is preprocessed and generated for as at evaluation: the encoder's size and
 normalisation, `data.image_size`, no augmentation, the first `data.num_views` images with a view mask, batches of
 `data.eval_batch_size`, the checkpoint's generate config, through a Lightning `Trainer.predict` (so a GPU is used
@@ -40,7 +40,6 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from r2gen import build
-from r2gen.checkpoint import cli_overrides, load_model, rebuild
 from r2gen.checkpoint_io import fsync_dir
 from r2gen.data.annotations import cell_paths, table_rows
 from r2gen.data.checks import POLICIES, SHOW, image_problems, pixel_budget
@@ -64,8 +63,8 @@ def predict(cfg: DictConfig, overrides: list[str] | None = None) -> Path:
         raise ConfigError(f"input is not set: pass {FORMS}")
     if not isinstance(cfg.labels, bool):
         raise ConfigError(f"labels={cfg.labels!r}: choose true or false")
-    overrides = cli_overrides() if overrides is None else list(overrides)
-    ck, run = rebuild(cfg, overrides)
+    overrides = build.cli_overrides() if overrides is None else list(overrides)
+    ck, run = build.rebuild(cfg, overrides)
     if run.data.get("max_image_pixels") is None:  # a checkpoint from before the key: this r2gen's budget
         run.data.max_image_pixels = cfg.data.get("max_image_pixels")
     given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
@@ -77,7 +76,7 @@ def predict(cfg: DictConfig, overrides: list[str] | None = None) -> Path:
     path = output_path(cfg.output, out_dir)
     pl.seed_everything(cfg.seed, workers=True)
 
-    model = load_model(run, ck)
+    model = build.load_model(run, ck)
     reports = generate(model, run, studies)
     records = [{"id": s["id"], "report": r, "images": s["image_path"]} for s, r in zip(studies, reports, strict=True)]
     if cfg.labels:

@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
+from r2gen import __version__
+
 LIBRARIES = ("torch", "torchvision", "transformers", "tokenizers", "timm", "peft", "pytorch-lightning", "hydra-core",
              "numpy", "pycocoevalcap", "bitsandbytes", "safetensors", "pydicom", "pillow")
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -76,8 +78,6 @@ def device() -> str:
 
 def provenance(cfg: DictConfig, **extra: Any) -> dict[str, Any]:
     """What reproduces a run of `cfg` (see the module docstring); `extra` is added as given (e.g. the checkpoint)."""
-    from r2gen import __version__
-
     return {
         "seed": cfg.get("seed"),
         "r2gen": {"version": __version__, **git_state()},

@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from r2gen.build import built_lm
 from r2gen.checkpoint import trained_config
 from r2gen.errors import ConfigError
+from r2gen.models.encoder import native_input_size
 
 ABSENT = "(not set)"
 
@@ -51,8 +52,6 @@ def _finding_head(c: DictConfig) -> bool:
 
 
 def _fixed_size(c: DictConfig) -> bool:
-    from r2gen.models.encoder import native_input_size
-
     return native_input_size(str(c.encoder.name), dict(c.encoder.get("kwargs") or {}))[1]
 
 

@@ -22,6 +22,9 @@ import shutil
 import time
 from pathlib import Path
 
+from hydra.experimental.callback import Callback  # Hydra's callback API: the guard runs under Hydra's CLI
+from omegaconf import OmegaConf
+
 from r2gen import locks
 from r2gen.boundary import at_user_error, exit_with
 from r2gen.checkpoint_io import remove_stale_temps
@@ -173,13 +176,6 @@ def discard_if_unused(created: list[Path]) -> bool:
     except OSError:
         pass
     return not path.exists()
-
-
-try:  # Hydra's callback API (hydra-core >= 1.1); the guard is only meaningful under Hydra's CLI
-    from hydra.experimental.callback import Callback
-except ImportError:  # pragma: no cover
-    Callback = object  # type: ignore[assignment,misc]
-from omegaconf import OmegaConf  # noqa: E402
 
 
 class RunFolderGuard(Callback):

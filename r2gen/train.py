@@ -11,7 +11,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from r2gen import build, resume
 from r2gen.checkpoint import read_checkpoint
-from r2gen.models.module import R2GenModule
 from r2gen.provenance import write_provenance
 from r2gen.resume_check import check_resume
 from r2gen.run_folder import keep_earlier_checkpoints
@@ -37,15 +36,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         check_resume(cfg, ck, cfg.ckpt_path)  # the keys that shape the model are the checkpoint's
         resume_step, lm_identity = int(ck.get("global_step", 0)), ck["r2gen"]["lm"]
         del ck  # Lightning reads it again, into the model built below
-    evaluation = Evaluation(Scoring.from_config(cfg))  # scores validation and the test; its config checked now
+    scoring = Scoring.from_config(cfg)  # the run's one: scores validation and the test, labels the finding loss
+    evaluation = Evaluation(scoring)  # its config checked now
     out = build.output_dir(cfg)
     keep_earlier_checkpoints(out, cfg.get("ckpt_path"))
     OmegaConf.save(cfg, out / "config.yaml", resolve=True)
 
     build.prepare_data(cfg.data)
     write_provenance(out, cfg)  # seed, commit, versions, annotation hash: what reproduces this run
-    model = R2GenModule(cfg, lm_path=build.lm_path(cfg, lm_identity))  # resumed: the checkpoint's own LM
-    dm = build.datamodule(cfg, model)
+    model = build.model(cfg, lm_identity)  # resumed: the checkpoint's own LM
+    dm = build.datamodule(cfg, model, scoring=scoring)
     trainer = build.trainer(cfg, callbacks=[evaluation])
     if resume_step is not None:  # logs continue from the checkpoint instead of restarting or repeating
         resume.continue_logs(trainer, resume_step, cfg.ckpt_path, out)

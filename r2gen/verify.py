@@ -20,10 +20,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from r2gen import build
 from r2gen.boundary import module_main
-from r2gen.data.collate import ReportTargets
 from r2gen.errors import UserError
 from r2gen.models.lm import generation_config, load_lm, quantization_config
-from r2gen.models.prompt import Prompt, assemble
+from r2gen.models.prompt import Prompt, ReportTargets, assemble
 from r2gen.models.trainable import apply_lm_training
 
 log = logging.getLogger(__name__)

@@ -5,12 +5,15 @@ architecture has it, else eager), and the model trains, beam-generates and passe
 import pytest
 import torch
 
+from r2gen import build
 from r2gen.models.lm import auto_attention, auto_pad_policy, load_tokenizer
-from r2gen.models.module import R2GenModule
 from r2gen.models.tiny_lm import build_causal_lm
 from r2gen.verify import verify
 
-from .conftest import GQA, LLAMA_SPECIAL, SMALL_NO_BUILD, TEXTS, batch, built_once, run_cli, train_steps
+from .helpers.cli import run_cli
+from .helpers.config import SMALL_NO_BUILD
+from .helpers.lm_families import GQA, LLAMA_SPECIAL, TEXTS, built_once
+from .helpers.models import batch, train_steps
 
 NO_PAD_NO_BOS = {"bos_token": None, "eos_token": "<|endoftext|>", "pad_token": None, "unk_token": None}
 # family -> (model_type, special tokens, config, the pad auto must pick, the attention transformers must end on)
@@ -44,7 +47,7 @@ def test_default_lm_yaml_trains_any_family(make_cfg, held_out, family):
     cfg = make_cfg(f"lm.name_or_path={path}", *SMALL_NO_BUILD, small=False)
     assert cfg.lm.pad_token == "auto" and cfg.lm.attn_implementation == "auto"  # the defaults, nothing else set
     torch.manual_seed(0)
-    m = R2GenModule(cfg)
+    m = build.model(cfg)
     tok = m.tokenizer
     assert auto_pad_policy(tok) == "keep"  # a pad token is set now
     want = {"unk": tok.unk_token_id, "eos": tok.eos_token_id}.get(pad_policy, tok.pad_token_id)

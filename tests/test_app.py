@@ -45,8 +45,12 @@ from r2gen.data.images import load_image  # noqa: E402
 from r2gen.errors import ConfigError, InputError, MissingFileError  # noqa: E402
 from r2gen.predict import predict  # noqa: E402
 
-from .conftest import RAMP, ROOT, cli_env, compose_cfg, read_jsonl, snapshot, write_dicom  # noqa: E402
 from .helpers import bombs  # noqa: E402
+from .helpers.cli import cli_env  # noqa: E402
+from .helpers.config import compose_cfg  # noqa: E402
+from .helpers.dicom import RAMP, write_dicom  # noqa: E402
+from .helpers.files import read_jsonl, snapshot  # noqa: E402
+from .helpers.paths import ROOT  # noqa: E402
 
 FAST = ["trainer.accelerator=cpu", "trainer.enable_progress_bar=false"]
 MAX_FILE_MB = 0.05  # 51 KB: the test images are a few KB; the oversize one is 100 KB

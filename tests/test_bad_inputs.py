@@ -35,7 +35,10 @@ from r2gen.errors import ConfigError, InputError, MissingFileError, UserError
 from r2gen.models.encoder import ImageEncoder, create_timm_model
 from r2gen.scoring.report_html import render
 
-from .conftest import RAMP, SMALL, run_cli, snapshot, write_dicom
+from .helpers.cli import run_cli
+from .helpers.config import SMALL
+from .helpers.dicom import RAMP, write_dicom
+from .helpers.files import snapshot
 
 GOOD = {s: [{"id": f"{s}{i}", "report": "No pleural effusion.", "image_path": [f"{s}{i}/0.png"]} for i in range(2)]
         for s in ("train", "val", "test")}

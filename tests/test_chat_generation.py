@@ -9,13 +9,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from r2gen import build
 from r2gen.errors import ConfigError, InputError
 from r2gen.export import export, import_exported
-from r2gen.models.module import R2GenModule
 from r2gen.models.tiny_lm import build_causal_lm
 from r2gen.verify import verify
 
-from .conftest import FAMILIES, SMALL_NO_BUILD, TEXTS, batch
+from .helpers.config import SMALL_NO_BUILD
+from .helpers.lm_families import FAMILIES, TEXTS
+from .helpers.models import batch
 
 # The decoding settings of meta-llama/Llama-2-7b-chat-hf's and Qwen/Qwen2-7B-Instruct's generation_config.json, as
 # shipped; the token ids are the tiny tokenizers' own (stop tokens: Qwen's <|im_end|> and <|endoftext|>).
@@ -58,7 +60,7 @@ def chat_cfg(make_cfg, chat_dirs, family, *overrides):
 @pytest.mark.parametrize("family", list(CHAT))
 def test_chat_sampling_settings_are_dropped_with_one_line(make_cfg, chat_dirs, family, caplog):
     with caplog.at_level(logging.INFO):
-        m = R2GenModule(chat_cfg(make_cfg, chat_dirs, family))
+        m = build.model(chat_cfg(make_cfg, chat_dirs, family))
     g = m.gen_config
     assert not g.do_sample and g.num_beams == 2  # generate=beam, shrunk to 2 beams by conftest
     assert g.temperature is None and g.top_p is None and g.top_k is None
@@ -106,7 +108,7 @@ def test_chat_checkpoint_verifies_trains_and_evaluates(make_cfg, chat_dirs, fami
 
 @pytest.mark.parametrize("family", list(CHAT))
 def test_do_sample_true_samples_with_the_checkpoints_values(make_cfg, chat_dirs, family):
-    m = R2GenModule(chat_cfg(make_cfg, chat_dirs, family, "generate.do_sample=true", "generate.num_beams=1",
+    m = build.model(chat_cfg(make_cfg, chat_dirs, family, "generate.do_sample=true", "generate.num_beams=1",
                              "generate.max_new_tokens=12")).eval()
     g = m.gen_config
     want = CHAT[family][1]
@@ -120,13 +122,13 @@ def test_do_sample_true_samples_with_the_checkpoints_values(make_cfg, chat_dirs,
         texts.append(m.generate(b["images"], b["view_mask"]))
     assert texts[0] != texts[1]  # sampling happened: another seed, other reports
     # a generate.* key still wins over the checkpoint's value
-    m2 = R2GenModule(chat_cfg(make_cfg, chat_dirs, family, "generate.do_sample=true", "+generate.temperature=1.3"))
+    m2 = build.model(chat_cfg(make_cfg, chat_dirs, family, "generate.do_sample=true", "+generate.temperature=1.3"))
     assert m2.gen_config.temperature == 1.3 and m2.gen_config.top_p == want["top_p"]
 
 
 def test_a_users_own_sampling_key_without_sampling_still_fails(make_cfg, chat_dirs):
     with pytest.raises(ConfigError, match="temperature"):
-        R2GenModule(chat_cfg(make_cfg, chat_dirs, "llama", "+generate.temperature=0.3"))
+        build.model(chat_cfg(make_cfg, chat_dirs, "llama", "+generate.temperature=0.3"))
 
 
 # --- model folders r2gen cannot load ------------------------------------------------------------------------------
@@ -154,7 +156,7 @@ def test_a_folder_that_is_not_a_causal_lm_is_one_line(make_cfg, tmp_path, model_
     (folder / "model.safetensors").write_bytes(b"not weights")  # never read: the config is checked first
     cfg = make_cfg("lm=llama2-7b", f"lm.name_or_path={folder}", *SMALL_NO_BUILD, small=False)
     with pytest.raises(InputError) as e:
-        R2GenModule(cfg)
+        build.model(cfg)
     msg = str(e.value)
     assert "\n" not in msg and says in msg and f"'{model_type}'" in msg and "AutoModelForCausalLM" in msg, msg
     assert "lm.trust_remote_code=true" in msg

@@ -14,8 +14,8 @@ from r2gen.conf import CONF_DIR
 from r2gen.config_check import check_config
 from r2gen.errors import ConfigError
 
-from .conftest import SMALL, compose_cfg
-from .conftest import run_cli as run_script
+from .helpers.cli import run_cli as run_script
+from .helpers.config import SMALL, compose_cfg
 
 BAD = [  # overrides -> what the one line must say
     (["data=custom"], "data.root is required and has no value: set it on the command line (data.root=...)"),

@@ -16,12 +16,16 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from r2gen.build import lm_path
+from r2gen import build
 from r2gen.convert import MARKER, convert, detect, ensure_converted
 from r2gen.convert.chatglm3 import glm_config, source_shapes, tensor_mapper
 from r2gen.errors import ConfigError, InputError, MissingFileError, UnsafeWriteError
 
-from .conftest import ROOT, SMALL_NO_BUILD, batch, cli_env, compose_cfg, snapshot, train_steps
+from .helpers.cli import cli_env
+from .helpers.config import SMALL_NO_BUILD, compose_cfg
+from .helpers.files import snapshot
+from .helpers.models import batch, train_steps
+from .helpers.paths import ROOT
 
 FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "chatglm3"
 SOURCE = FIXTURE / "model"
@@ -300,10 +304,8 @@ def test_cli_writes_a_loadable_folder_and_refuses_a_full_one(tmp_path):
 
 # --- through r2gen: lm=chatglm3-6b ----------------------------------------------------------------------------------
 def test_prompt_is_chatglm3_chat_input(make_cfg):
-    from r2gen.models.module import R2GenModule
-
     cfg = make_cfg(*CHATGLM3, "align=shallow", small=False)  # frozen encoder: LoRA and the projection learn
-    m = R2GenModule(cfg, lm_path=lm_path(cfg))  # as train() and evaluate() build it: from the converted folder
+    m = build.model(cfg)  # as train() and evaluate() build it: from the converted folder
     tok = m.tokenizer
     assert type(m.lm_model.get_base_model()).__name__ == "GlmForCausalLM"
     # [gMASK] sop <|user|> encode("\n"), then the content's own dummy-prefix space before the image
@@ -332,10 +334,8 @@ def test_verify_passes(make_cfg, capsys):
 
 
 def test_4bit_loads_the_converted_model_and_trains(make_cfg):
-    from r2gen.models.module import R2GenModule
-
     cfg = make_cfg(*CHATGLM3, "quant=4bit", "align=shallow", small=False)
-    m = R2GenModule(cfg, lm_path=lm_path(cfg))
+    m = build.model(cfg)
     assert any(type(mod).__name__ == "Linear4bit" for mod in m.lm_model.modules())
     losses = train_steps(m, batch(m), steps=2, lr=1e-2)
     assert all(np.isfinite(losses)), losses

@@ -17,11 +17,14 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from r2gen.checkpoint import read_checkpoint, run_config
+from r2gen.build import run_config
+from r2gen.checkpoint import read_checkpoint
 from r2gen.errors import InputError, StorageError, UnsafeWriteError
 from r2gen.evaluate import evaluate
 
-from .conftest import SMALL, compose_cfg, read_jsonl, run_cli, snapshot
+from .helpers.cli import run_cli
+from .helpers.config import SMALL, compose_cfg
+from .helpers.files import read_jsonl, snapshot
 
 REPORTS = ["the heart is normal in size . the lungs are clear .", "no pleural effusion . no pneumothorax .",
            "mild cardiomegaly . small left pleural effusion .", "the lungs are clear . no acute disease ."]

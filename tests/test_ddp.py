@@ -10,7 +10,9 @@ from r2gen import build
 from r2gen.scoring import METRIC_NAMES
 from r2gen.train import train
 
-from .conftest import SMALL, compose_cfg, read_jsonl, run_cli
+from .helpers.cli import run_cli
+from .helpers.config import SMALL, compose_cfg
+from .helpers.files import read_jsonl
 
 
 @pytest.mark.slow

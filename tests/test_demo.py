@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from .conftest import run_cli
+from .helpers.cli import run_cli
 
 # Best constant reports on the demo test split (benchmarks/demo_baseline.py): finding macro-F1 0.17 at best,
 # CIDEr 0.87 at best. A model that reads the images must clear both by a wide margin.

@@ -8,7 +8,8 @@ import pytest
 from r2gen.data.clean import clean_report_iu_xray
 from r2gen.scoring import METRIC_NAMES
 
-from .conftest import SHARED_DATA, run_cli
+from .helpers.cli import run_cli
+from .helpers.paths import SHARED_DATA
 
 IU = SHARED_DATA / "iu_xray" / "annotation.json"
 

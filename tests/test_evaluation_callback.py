@@ -8,7 +8,6 @@ import pytorch_lightning as pl
 import torch
 
 from r2gen import build
-from r2gen.models.module import R2GenModule
 from r2gen.scoring import METRIC_NAMES
 from r2gen.scoring.callback import Evaluation
 from r2gen.scoring.policy import Scoring, score_records
@@ -18,7 +17,7 @@ from r2gen.scoring.policy import Scoring, score_records
 def parts(make_cfg):
     cfg = make_cfg("data.num_workers=2")
     build.prepare_data(cfg.data)
-    model = R2GenModule(cfg, lm_path=build.lm_path(cfg))
+    model = build.model(cfg)
     return cfg, model, build.datamodule(cfg, model)
 
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
-from .conftest import ROOT, compose_cfg
+from .helpers.config import compose_cfg
+from .helpers.paths import ROOT
 
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "r2gen" / "conf" / "experiment").glob("*.yaml"))
 

@@ -31,7 +31,10 @@ from r2gen.predict import predict
 from r2gen.scoring.nlg import METRIC_NAMES
 from r2gen.train import train
 
-from .conftest import RAMP, SMALL, cli_env, compose_cfg, read_jsonl, run_cli, snapshot, write_dicom
+from .helpers.cli import cli_env, run_cli
+from .helpers.config import SMALL, compose_cfg
+from .helpers.dicom import RAMP, write_dicom
+from .helpers.files import read_jsonl, snapshot
 
 FAST = ["trainer.accelerator=cpu", "trainer.enable_progress_bar=false"]
 # LoRA on the LM and on the encoder (align=delta). timm's ResNets start each residual branch's last BatchNorm at
@@ -210,7 +213,7 @@ def test_save_pretrained_round_trips(exports, studies, tmp_path):
 def test_part_lm_is_the_lm_alone_with_lora_merged(exports, lora_run, tmp_path, cache_dir):
     from transformers import AutoModelForCausalLM
 
-    from r2gen.checkpoint import load_model, rebuild
+    from r2gen.build import load_model, rebuild
 
     folder = exports["lora-lm"]
     assert not list(folder.glob("*.py")) and not list(folder.glob("adapter*"))
@@ -342,7 +345,7 @@ def test_a_colleague_without_r2gen_gets_predict_py_s_reports(name, tmp_path):
     if name == "lora":
         assert run_cli("-m", "r2gen.export", f"ckpt={ckpt}", f"out={tmp_path / 'lm'}", "part=lm",
                        f"hydra.run.dir={tmp_path / 'h2'}", cache_dir=cache).returncode == 0
-        from r2gen.checkpoint import load_model, rebuild
+        from r2gen.build import load_model, rebuild
 
         o = [f"ckpt={ckpt}"]
         ck, cfg = rebuild(compose_cfg("predict", [*o, "input=x"], tmp_path / "r", cache), o)

@@ -11,7 +11,7 @@ from r2gen import build
 from r2gen.models.encoder import ImageEncoder
 from r2gen.train import train
 
-from .conftest import shallow
+from .helpers.models import shallow
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import torch
 
 from r2gen import build
 from r2gen.checkpoint import read_checkpoint
-from r2gen.models.module import R2GenModule
 from r2gen.scoring.demo_labeler import label_report
 from r2gen.scoring.policy import label_names
 
@@ -14,7 +13,7 @@ from r2gen.scoring.policy import label_names
 def parts(make_cfg, *overrides):
     cfg = make_cfg(*overrides)
     build.prepare_data(cfg.data)
-    model = R2GenModule(cfg)
+    model = build.model(cfg)
     return cfg, model, build.datamodule(cfg, model)
 
 
@@ -39,7 +38,7 @@ def test_off_builds_no_head_and_needs_a_labeler_when_on(make_cfg):
     _, model, dm = parts(make_cfg, "data.finding_loss=0")
     assert model.finding_head is None and "finding_labels" not in next(iter(dm.train_dataloader()))
     with pytest.raises(ValueError, match="data.finding_loss=1.0 needs a finding labeler"):
-        R2GenModule(make_cfg("data.finding_loss=1.0", "data.labeler=null"))
+        build.model(make_cfg("data.finding_loss=1.0", "data.labeler=null"))
 
 
 def test_a_format_2_checkpoint_reads_as_without_the_head(demo_run, tmp_path):

@@ -22,8 +22,11 @@ from r2gen.errors import ConfigError, InputError
 from r2gen.predict import predict
 from r2gen.train import train
 
-from .conftest import ROOT, SMALL, run_cli, write_dicom
 from .helpers import bombs
+from .helpers.cli import run_cli
+from .helpers.config import SMALL
+from .helpers.dicom import header, write_dicom
+from .helpers.paths import ROOT
 
 BUDGET = 64_000_000  # conf/data/*.yaml's data.max_image_pixels
 SAYS = {  # bomb -> the declared size its refusal must state
@@ -152,7 +155,7 @@ def test_a_deflated_dicom_that_inflates_past_what_it_declares_is_refused(tmp_pat
 
 
 def test_a_decoder_failure_says_why_not_that_all_plugins_failed(tmp_path):
-    ds = bombs._dataset(pydicom.uid.RLELossless, 64, 64, 16)
+    ds = header(64, 64, bits_stored=16, transfer_syntax=pydicom.uid.RLELossless)
     ds.PixelData = encapsulate([struct.pack("<16I", 2, 64, 66, *([0] * 13)) + b"\x81\x00\x81\x00"])
     ds["PixelData"].VR, ds["PixelData"].is_undefined_length = "OB", True
     ds.save_as(tmp_path / "short.dcm", enforce_file_format=True)

@@ -14,7 +14,8 @@ from pydicom.dataset import Dataset
 from r2gen.data.datamodule import StudyDataset, image_transform
 from r2gen.data.images import dicom_to_uint8, image_problem, is_dicom, load_image
 
-from .conftest import RAMP, SHARED_DATA, write_dicom
+from .helpers.dicom import RAMP, write_dicom
+from .helpers.paths import SHARED_DATA
 
 NIH_IMAGES = SHARED_DATA / "nih_cxr14_sample" / "images"
 def test_full_12_bit_range_maps_onto_0_255(tmp_path):

@@ -21,7 +21,11 @@ from r2gen.data.clean import clean_report_iu_xray
 from r2gen.data.datamodule import ReportDataModule
 from r2gen.scoring import METRIC_NAMES
 
-from .conftest import SHARED_DATA, SMALL, read_jsonl, run_cli, write_dicom
+from .helpers.cli import run_cli
+from .helpers.config import SMALL
+from .helpers.dicom import write_dicom
+from .helpers.files import read_jsonl
+from .helpers.paths import SHARED_DATA
 
 IU_ANNOTATION = SHARED_DATA / "iu_xray" / "annotation.json"
 SIZES = {"train": 24, "val": 6, "test": 6}

@@ -7,9 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from r2gen import build
 from r2gen.models.module import R2GenModule
 
-from .conftest import FAMILIES, ROOT, SMALL_NO_BUILD, batch, build_family, built_once, lm_yaml, train_steps
+from .helpers.config import SMALL_NO_BUILD
+from .helpers.lm_families import FAMILIES, build_family, built_once, lm_yaml
+from .helpers.models import batch, train_steps
+from .helpers.paths import ROOT
 
 LM_DIR = ROOT / "r2gen" / "conf" / "lm"
 LM_NAMES = sorted(p.stem for p in LM_DIR.glob("*.yaml"))
@@ -50,7 +54,7 @@ def test_unsupported_backbone_fails_before_loading(make_cfg):
     cfg = make_cfg("lm=internlm2-7b", "+lm.unsupported='its code needs transformers 4: use lm=glm4-9b'",
                    *SMALL_NO_BUILD, small=False)
     with pytest.raises(ValueError, match="use lm=glm4-9b"):
-        R2GenModule(cfg)
+        build.model(cfg)
 
 
 # --- tiny random checkpoints of each family --------------------------------------------------------------
@@ -65,7 +69,7 @@ def family_module(make_cfg, family_dirs, family: str, *overrides: str) -> R2GenM
     lora = ["lm.lora.r=4"] if lm_yaml(name).freeze else []
     cfg, path = make_cfg(f"lm={name}", *SMALL_NO_BUILD, *lora, *overrides, small=False), family_dirs(family)
     torch.manual_seed(0)  # after the (first-use) build, which draws random numbers: same init every time
-    return R2GenModule(cfg, lm_path=path)
+    return build.model(cfg, lm_folder=path)
 
 
 

@@ -11,12 +11,15 @@ import torch
 from transformers import AutoTokenizer
 
 from r2gen import build
-from r2gen.checkpoint import FORMAT, load_model, read_checkpoint, rebuild
+from r2gen.build import load_model, rebuild
+from r2gen.checkpoint import FORMAT, read_checkpoint
 from r2gen.errors import ConfigError, InputError
 from r2gen.evaluate import evaluate
 from r2gen.models import tiny_lm
 
-from .conftest import SMALL, compose_cfg, read_jsonl, run_cli
+from .helpers.cli import run_cli
+from .helpers.config import SMALL, compose_cfg
+from .helpers.files import read_jsonl
 
 FAST = ["generate.max_new_tokens=4", "generate.num_beams=1", "trainer.enable_progress_bar=false"]
 # data=custom replaces the demo's data group whole: keep what the demo model was trained with

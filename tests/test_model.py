@@ -4,10 +4,10 @@ import pytest
 import torch
 from omegaconf import open_dict
 
-from r2gen.models.module import R2GenModule
+from r2gen import build
 from r2gen.models.tiny_lm import build_causal_lm
 
-from .conftest import batch
+from .helpers.models import batch
 
 TEXTS = ["the heart is enlarged .", "no pleural effusion .", "small left pneumothorax .", "the lungs are clear ."] * 10
 
@@ -25,7 +25,7 @@ def lm_dirs(tmp_path_factory):
 
 @pytest.mark.parametrize("hidden", [32, 48])
 def test_projection_sized_from_lm(make_cfg, lm_dirs, hidden):
-    m = R2GenModule(make_cfg(), lm_path=lm_dirs[hidden])
+    m = build.model(make_cfg(), lm_folder=lm_dirs[hidden])
     assert m.lm_proj.in_features == m.encoder.num_features == 512  # resnet10t
     assert m.lm_proj.out_features == hidden == m.lm_model.get_input_embeddings().embedding_dim
     loss = m(batch(m))
@@ -37,7 +37,7 @@ def trainable(m, part):
 
 
 def test_shallow_freezes_encoder_and_checkpoint_keeps_it_only_if_random(make_cfg, lm_dirs):
-    m = R2GenModule(make_cfg("align=shallow"), lm_path=lm_dirs[32])
+    m = build.model(make_cfg("align=shallow"), lm_folder=lm_dirs[32])
     assert not trainable(m, "encoder")
     assert trainable(m, "lm_proj") and trainable(m, "lm_model")  # lm.freeze=false in lm=tiny
     m.train()
@@ -52,8 +52,8 @@ def test_shallow_freezes_encoder_and_checkpoint_keeps_it_only_if_random(make_cfg
 def test_delta_trains_only_encoder_lora(make_cfg, lm_dirs):
     # timm zero-initialises each ResNet block's last BatchNorm, which would block gradients to a random encoder's
     # adapters; a real delta run starts from pretrained weights, so switch that off here
-    m = R2GenModule(make_cfg("align=delta", "lm.freeze=true", "+encoder.kwargs.zero_init_last=false"),
-                    lm_path=lm_dirs[32])
+    m = build.model(make_cfg("align=delta", "lm.freeze=true", "+encoder.kwargs.zero_init_last=false"),
+                    lm_folder=lm_dirs[32])
     names = trainable(m, "encoder")
     assert names and all("lora_" in n for n in names)
     assert not trainable(m, "lm_model")
@@ -62,7 +62,7 @@ def test_delta_trains_only_encoder_lora(make_cfg, lm_dirs):
 
 
 def test_lm_lora_on_frozen_lm(make_cfg, lm_dirs):
-    m = R2GenModule(make_cfg("lm.freeze=true", "lm.lora.r=4"), lm_path=lm_dirs[32])
+    m = build.model(make_cfg("lm.freeze=true", "lm.lora.r=4"), lm_folder=lm_dirs[32])
     names = trainable(m, "lm_model")
     assert names and all("lora_" in n for n in names)
     keys = m.persistent_keys()
@@ -72,7 +72,7 @@ def test_lm_lora_on_frozen_lm(make_cfg, lm_dirs):
 
 def test_lora_and_full_lm_training_conflict(make_cfg, lm_dirs):
     with pytest.raises(ValueError, match="lm.lora.r"):
-        R2GenModule(make_cfg("lm.lora.r=4"), lm_path=lm_dirs[32])
+        build.model(make_cfg("lm.lora.r=4"), lm_folder=lm_dirs[32])
 
 
 def test_generate_kwarg_checked_at_start(make_cfg, lm_dirs):
@@ -80,11 +80,11 @@ def test_generate_kwarg_checked_at_start(make_cfg, lm_dirs):
     with open_dict(cfg):
         cfg.generate.num_beem = 3
     with pytest.raises(ValueError, match="generate.num_beem"):
-        R2GenModule(cfg, lm_path=lm_dirs[32])
+        build.model(cfg, lm_folder=lm_dirs[32])
 
 
 def test_generate_returns_one_report_per_study(make_cfg, lm_dirs):
-    m = R2GenModule(make_cfg("generate.num_beams=2", "generate.max_new_tokens=5"), lm_path=lm_dirs[32]).eval()
+    m = build.model(make_cfg("generate.num_beams=2", "generate.max_new_tokens=5"), lm_folder=lm_dirs[32]).eval()
     b = batch(m, b=2)
     b["view_mask"][1, 1] = False  # one study with a single view
     out = m.generate(b["images"], b["view_mask"])
@@ -99,7 +99,7 @@ def test_generate_returns_one_report_per_study(make_cfg, lm_dirs):
 ])
 def test_bad_config_values_name_the_key(make_cfg, lm_dirs, override, match):
     with pytest.raises(ValueError, match=match):
-        R2GenModule(make_cfg(override), lm_path=lm_dirs[32])
+        build.model(make_cfg(override), lm_folder=lm_dirs[32])
 
 
 def test_generation_stops_at_the_models_end_of_turn_tokens(make_cfg, tmp_path):
@@ -115,8 +115,8 @@ def test_generation_stops_at_the_models_end_of_turn_tokens(make_cfg, tmp_path):
     gen = GenerationConfig.from_pretrained(path)
     gen.eos_token_id = [word, eot, tok.eos_token_id]
     gen.save_pretrained(path)
-    m = R2GenModule(make_cfg("generate.num_beams=1", "generate.max_new_tokens=8", "generate.min_new_tokens=0"),
-                    lm_path=str(path)).eval()
+    m = build.model(make_cfg("generate.num_beams=1", "generate.max_new_tokens=8", "generate.min_new_tokens=0"),
+                    lm_folder=str(path)).eval()
     assert m.gen_config.eos_token_id == [tok.eos_token_id, eot]  # eos first: what reports are trained to end on
 
     prompt = tok("the", return_tensors="pt")

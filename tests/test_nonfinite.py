@@ -16,7 +16,8 @@ from r2gen.guards import NonFiniteGuard
 from r2gen.models.module import R2GenModule
 from r2gen.train import train
 
-from .conftest import SMALL, run_cli
+from .helpers.cli import run_cli
+from .helpers.config import SMALL
 
 NAN_STEP = 7  # 3 steps per epoch (SMALL): epoch 2, its second batch
 

@@ -20,7 +20,10 @@ from r2gen.errors import ConfigError, InputError, MissingFileError, UnsafeWriteE
 from r2gen.predict import predict, write_jsonl
 from r2gen.scoring.chexpert import CHEXPERT_LABELS, label_reports
 
-from .conftest import RAMP, compose_cfg, read_jsonl, run_cli, snapshot, write_dicom
+from .helpers.cli import run_cli
+from .helpers.config import compose_cfg
+from .helpers.dicom import RAMP, write_dicom
+from .helpers.files import read_jsonl, snapshot
 
 FAST = ["trainer.accelerator=cpu", "trainer.enable_progress_bar=false"]
 
@@ -129,7 +132,7 @@ def test_a_list_of_images_is_one_study(ckpt, tmp_path, cache_dir):
 def test_generate_override_and_labels(ckpt, tmp_path, cache_dir, monkeypatch):
     """`generate.num_beams=1` changes the generate config the model runs with; `labels=true` adds each report's
     CheXpert labels (1/0/-1/null per label)."""
-    import r2gen.predict as mod
+    import r2gen.build as mod  # predict.py's model comes from build.load_model
 
     seen = []
 

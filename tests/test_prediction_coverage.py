@@ -12,7 +12,8 @@ from r2gen.data.annotations import read_studies
 from r2gen.errors import InputError
 from r2gen.evaluate import evaluate
 
-from .conftest import SMALL, run_cli
+from .helpers.cli import run_cli
+from .helpers.config import SMALL, compose_cfg
 
 
 def demo_test_split(cfg) -> list[dict]:
@@ -191,8 +192,6 @@ def test_evaluate_py_with_a_partial_file_is_one_line_then_allow_partial_says_so(
 def test_evaluating_a_checkpoint_on_part_of_the_split_says_so(demo_run, tmp_path, cache_dir, capsys):
     """The same fault with a model: `trainer.limit_test_batches` cuts the test loop short; metrics.json says how
     much of the split was scored, and a full evaluation says it scored all of it."""
-    from .conftest import compose_cfg
-
     ckpt = demo_run / "checkpoints" / "last.ckpt"
     runs = {}
     for name, extra in (("part", ["trainer.limit_test_batches=1", "data.eval_batch_size=2"]), ("all", [])):

@@ -4,8 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from r2gen.data.collate import ReportTargets
-from r2gen.models.prompt import IGNORE, Prompt, assemble
+from r2gen.models.prompt import IGNORE, Prompt, ReportTargets, assemble
 from r2gen.models.tiny_lm import train_tokenizer
 
 TEXTS = ["the heart is enlarged .", "no pleural effusion .", "image report", "small left pneumothorax ."] * 20

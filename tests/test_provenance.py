@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from r2gen.provenance import git_state, write_provenance
 
-from .conftest import ROOT
+from .helpers.paths import ROOT
 
 
 def test_training_run_records_what_reproduces_it(demo_run):

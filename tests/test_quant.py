@@ -7,11 +7,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from r2gen.checkpoint import load_weights, read_checkpoint
-from r2gen.models.module import R2GenModule
+from r2gen.build import load_weights, model
+from r2gen.checkpoint import read_checkpoint
 from r2gen.models.tiny_lm import build_causal_lm
 
-from .conftest import batch, train_steps
+from .helpers.models import batch, train_steps
 
 TEXTS = ["the heart is enlarged .", "no pleural effusion .", "small left pneumothorax .", "the lungs are clear ."] * 10
 QLORA = ["lm.freeze=true", "lm.lora.r=4", "align=shallow"]
@@ -35,7 +35,7 @@ def lora_weights(m):
 
 @pytest.mark.parametrize("quant,layer", [("4bit", "Linear4bit"), ("8bit", "Linear8bitLt")])
 def test_quantized_lm_with_lora_trains_and_generates(make_cfg, llama_dir, quant, layer):
-    m = R2GenModule(make_cfg(f"quant={quant}", *QLORA), lm_path=llama_dir)
+    m = model(make_cfg(f"quant={quant}", *QLORA), lm_folder=llama_dir)
     assert any(type(mod).__name__ == layer for mod in m.lm_model.modules())
     trainable = [n for n, p in m.lm_model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)  # k-bit preparation froze the rest
@@ -52,7 +52,7 @@ def test_quantized_lm_with_lora_trains_and_generates(make_cfg, llama_dir, quant,
 
 
 def test_4bit_checkpoint_keeps_adapters_and_rebuilds(make_cfg, llama_dir, tmp_path):
-    m = R2GenModule(make_cfg("quant=4bit", *QLORA), lm_path=llama_dir)
+    m = model(make_cfg("quant=4bit", *QLORA), lm_folder=llama_dir)
     opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-2)
     b = batch(m)
     for _ in range(2):
@@ -70,7 +70,7 @@ def test_4bit_checkpoint_keeps_adapters_and_rebuilds(make_cfg, llama_dir, tmp_pa
     torch.save(ck, path)
 
     ck = read_checkpoint(path)  # evaluate.py's path: the stored config rebuilds the 4-bit LM, weights fill in
-    m2 = R2GenModule(OmegaConf.create(ck["hyper_parameters"]["cfg"]), lm_path=llama_dir)
+    m2 = model(OmegaConf.create(ck["hyper_parameters"]["cfg"]), lm_folder=llama_dir)
     load_weights(m2, ck)
     assert any(type(mod).__name__ == "Linear4bit" for mod in m2.lm_model.modules())
     m.eval(), m2.eval()
@@ -81,9 +81,9 @@ def test_4bit_checkpoint_keeps_adapters_and_rebuilds(make_cfg, llama_dir, tmp_pa
 
 def test_quantization_needs_a_frozen_lm(make_cfg, llama_dir):
     with pytest.raises(ValueError, match=r"quant.*lm\.freeze=false"):
-        R2GenModule(make_cfg("quant=4bit"), lm_path=llama_dir)  # lm=tiny trains its LM fully
+        model(make_cfg("quant=4bit"), lm_folder=llama_dir)  # lm=tiny trains its LM fully
 
 
 def test_unknown_quant_key_is_named(make_cfg, llama_dir):
     with pytest.raises(ValueError, match="quant.bnb_4bit_quant_typ"):
-        R2GenModule(make_cfg("quant=4bit", "lm.freeze=true", "+quant.bnb_4bit_quant_typ=nf4"), lm_path=llama_dir)
+        model(make_cfg("quant=4bit", "lm.freeze=true", "+quant.bnb_4bit_quant_typ=nf4"), lm_folder=llama_dir)

@@ -18,7 +18,8 @@ from r2gen.export import export, run_scores
 from r2gen.predict import predict
 from r2gen.scoring.policy import score_records
 
-from .conftest import SMALL, compose_cfg, read_jsonl
+from .helpers.config import SMALL, compose_cfg
+from .helpers.files import read_jsonl
 
 FAST = ["trainer.accelerator=cpu", "trainer.enable_progress_bar=false"]
 # a double space, a space at either end, or before punctuation: but for the two quirks detokenize keeps (a period

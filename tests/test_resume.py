@@ -23,7 +23,9 @@ from r2gen.checkpoint_io import AtomicCheckpointIO
 from r2gen.errors import InputError, StorageError
 from r2gen.train import train
 
-from .conftest import ROOT, SMALL, cli_env, compose_cfg, run_cli
+from .helpers.cli import cli_env, run_cli
+from .helpers.config import SMALL, compose_cfg
+from .helpers.paths import ROOT
 
 # 6 training steps per epoch (24 studies, batches of 4), 4 epochs; augmentation on (align=deep), so the shuffle, the
 # augmentation and the data order all have to be restored for the weights to match.

@@ -11,7 +11,8 @@ import torch
 from r2gen.errors import ConfigError
 from r2gen.train import train
 
-from .conftest import SMALL, run_cli
+from .helpers.cli import run_cli
+from .helpers.config import SMALL
 
 
 def lm_folders(cache_dir: Path) -> set[str]:

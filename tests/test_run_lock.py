@@ -16,7 +16,10 @@ from r2gen.errors import UnsafeWriteError
 from r2gen.run_folder import LOCK, MARKER, claim_run_folder, release_run_folder
 from r2gen.train import train
 
-from .conftest import ROOT, SMALL, cli_env, run_cli, snapshot
+from .helpers.cli import cli_env, run_cli
+from .helpers.config import SMALL
+from .helpers.files import snapshot
+from .helpers.paths import ROOT
 
 CLAIM = "import sys; from r2gen.run_folder import claim_run_folder; claim_run_folder(sys.argv[1])"
 

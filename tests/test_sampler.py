@@ -49,9 +49,7 @@ def test_lightning_shards_it_across_ranks():
 def test_train_loader_groups_by_report_tokens(make_cfg):
     cfg = make_cfg("data.group_by_length=true", "data.feature_cache=off")
     build.prepare_data(cfg.data)
-    from r2gen.models.module import R2GenModule
-
-    model = R2GenModule(cfg, lm_path=build.lm_path(cfg))
+    model = build.model(cfg)
     dm = build.datamodule(cfg, model)
     loader = dm.train_dataloader()
     assert isinstance(loader.batch_sampler, LengthGroupedBatchSampler)

@@ -24,7 +24,8 @@ from r2gen.data.transform import image_transform
 from r2gen.errors import InputError, StorageError
 from r2gen.evaluate import shuffle_images
 
-from .conftest import shallow, snapshot
+from .helpers.files import snapshot
+from .helpers.models import shallow
 
 CLEAN = get_cleaner("iu_xray")
 

@@ -14,7 +14,8 @@ from r2gen.scoring.policy import Scoring, score_records, truncate_reference
 from r2gen.scoring.report_html import render
 from r2gen.scoring.results import format_table
 
-from .conftest import compose_cfg, parse_page
+from .helpers.config import compose_cfg
+from .helpers.page import parse_page
 
 REPORTS = ["heart size is mildly enlarged . small bilateral pleural effusions .",
            "the lungs are clear . no pneumothorax .",

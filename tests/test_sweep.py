@@ -7,7 +7,9 @@ import importlib.util
 import pytest
 import torch
 
-from .conftest import ROOT, SMALL, run_cli
+from .helpers.cli import run_cli
+from .helpers.config import SMALL
+from .helpers.paths import ROOT
 
 
 @pytest.mark.slow

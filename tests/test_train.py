@@ -11,7 +11,10 @@ import torch
 from r2gen.scoring import METRIC_NAMES
 from r2gen.train import train
 
-from .conftest import parse_page, read_jsonl, run_cli
+from .helpers.cli import run_cli
+from .helpers.config import SMALL, compose_cfg
+from .helpers.files import read_jsonl
+from .helpers.page import parse_page
 
 pytestmark = pytest.mark.slow  # multi-epoch runs and fresh evaluate.py processes
 
@@ -19,8 +22,6 @@ pytestmark = pytest.mark.slow  # multi-epoch runs and fresh evaluate.py processe
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, cache_dir):
     """One tiny run, shared by the tests below: 2 epochs on a few dozen demo studies."""
-    from .conftest import SMALL, compose_cfg
-
     out = tmp_path_factory.mktemp("run")
     cfg = compose_cfg("config", SMALL + ["trainer.max_epochs=2"], out, cache_dir)
     metrics = train(cfg)

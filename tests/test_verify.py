@@ -14,7 +14,10 @@ from r2gen.models.lm import load_lm
 from r2gen.models.tiny_lm import train_tokenizer
 from r2gen.verify import VerifyError, run, verify
 
-from .conftest import FAMILIES, ROOT, SMALL_NO_BUILD, TEXTS, build_family, cli_env
+from .helpers.cli import cli_env
+from .helpers.config import SMALL_NO_BUILD
+from .helpers.lm_families import FAMILIES, TEXTS, build_family
+from .helpers.paths import ROOT
 
 
 @pytest.fixture(scope="module")

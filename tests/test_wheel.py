@@ -10,7 +10,9 @@ import sys
 
 import pytest
 
-from .conftest import ROOT, SMALL, cli_env
+from .helpers.cli import cli_env
+from .helpers.config import SMALL
+from .helpers.paths import ROOT
 
 
 @pytest.mark.slow

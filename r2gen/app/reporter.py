@@ -1,7 +1,7 @@
 """The model side of the web page: a model loaded once, and one study's report and labels per call.
 
 `Reporter.load(cfg)` reads `cfg.ckpt`:
-  * a `.ckpt` written by train.py: the run is rebuilt as predict.py rebuilds it (`r2gen.checkpoint.rebuild`, the
+  * a `.ckpt` written by train.py: the run is rebuilt as predict.py rebuilds it (`r2gen.build.rebuild`, the
     command line's overrides included, then `load_model`), and a study goes through predict.py's own
     `usable_studies` and `generate`, so its report equals what `predict.py ckpt=... input=[those files]` writes,
     random state included (the one predict.py's seeding leaves after loading the model is restored before each
@@ -29,7 +29,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from r2gen.checkpoint import cli_overrides, load_model, rebuild
+from r2gen import build
 from r2gen.errors import ConfigError, InputError, MissingFileError
 from r2gen.predict import generate, image_list, usable_studies
 from r2gen.scoring.policy import Scoring
@@ -61,7 +61,7 @@ class Reporter:
                               "python -m r2gen.export")
         if Path(str(cfg.ckpt)).expanduser().is_dir():
             return ExportReporter(cfg)
-        return CheckpointReporter(cfg, cli_overrides() if overrides is None else list(overrides))
+        return CheckpointReporter(cfg, build.cli_overrides() if overrides is None else list(overrides))
 
     @property
     def busy(self) -> bool:
@@ -89,7 +89,7 @@ class CheckpointReporter(Reporter):
 
     def __init__(self, cfg: DictConfig, overrides: list[str]):
         overrides = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in APP_KEYS]
-        ck, run = rebuild(cfg, overrides)
+        ck, run = build.rebuild(cfg, overrides)
         given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
         # One small study per request: loader worker processes (forked from a threaded server) or a progress bar
         # per request would only cost time and noise; neither changes a report.
@@ -99,7 +99,7 @@ class CheckpointReporter(Reporter):
             run.trainer.enable_progress_bar = False
         self.run = run
         pl.seed_everything(cfg.seed, workers=True, verbose=False)  # where predict.py seeds: before the model
-        self.model = load_model(run, ck)
+        self.model = build.load_model(run, ck)
         self.rng = rng_state()  # the state predict.py's generate starts from
         super().__init__(cfg, run.data.num_views, f"{run.encoder.name} + {Path(str(run.lm.name_or_path)).name}")
 

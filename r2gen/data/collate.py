@@ -1,42 +1,17 @@
 """Batches: images (or cached features), view masks, and the reports as the LM's target token ids.
 
-The collator holds the tokenizer, so report text becomes tensors in the DataLoader workers and the model's
-`forward` receives tensors. A batch keeps `ids` and `reports` (strings) for the evaluation callback, which
+The collator holds the LM's `ReportTargets` (r2gen.models.prompt, with the rest of the report text), so report
+text becomes tensors in the DataLoader workers and the model's `forward` receives tensors. A batch keeps `ids` and `reports` (strings) for the evaluation callback, which
 records each study's generation beside its reference.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from r2gen.errors import InputError
-
-
-class ReportTargets:
-    """Report text -> what the LM learns to write: the report's tokens, cut to `max_tokens - 1`, then eos."""
-
-    def __init__(self, tokenizer, max_tokens: int):
-        if tokenizer.eos_token_id is None:
-            raise InputError("the LM's tokenizer has no eos token; a report needs one to end on")
-        self.tokenizer, self.max_tokens, self.eos_id = tokenizer, int(max_tokens), tokenizer.eos_token_id
-
-    def __call__(self, reports: Sequence[str]) -> list[list[int]]:
-        ids = self.tokenizer(list(reports), add_special_tokens=False).input_ids
-        return [r[: self.max_tokens - 1] + [self.eos_id] for r in ids]
-
-    def lengths(self, reports: Sequence[str]) -> list[int]:
-        """Target tokens per report (eos included): what `data.group_by_length` groups by."""
-        return [len(t) for t in self(reports)]
-
-    def tensors(self, reports: Sequence[str]) -> dict[str, torch.Tensor]:
-        """`target_ids` [B, R], right-padded with eos (masked by the lengths), and `target_lengths` [B]."""
-        ids = self(reports)
-        width = max(len(t) for t in ids)
-        return {"target_ids": torch.tensor([t + [self.eos_id] * (width - len(t)) for t in ids], dtype=torch.long),
-                "target_lengths": torch.tensor([len(t) for t in ids], dtype=torch.long)}
+from r2gen.models.prompt import ReportTargets
 
 
 class Collator:

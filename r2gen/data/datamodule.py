@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,8 @@ from r2gen.data.collate import Collator
 from r2gen.data.images import load_image
 from r2gen.data.packed import Strings, StudyTable
 from r2gen.data.resumable import ResumableLoader, ResumableRandomSampler, SkippingBatchSampler, worker_init
+from r2gen.data.sampler import length_grouped
+from r2gen.data.synthetic import generate_demo
 from r2gen.data.transform import image_transform
 from r2gen.errors import InputError
 
@@ -89,24 +92,23 @@ class ReportDataModule(pl.LightningDataModule):
     (r2gen.data.feature_cache), serves a frozen encoder's stored outputs instead of images; `finding_labels`
     (reports -> 1/0 per label) gives each training study the labels `data.finding_loss` learns; with
     `check_dir` (r2gen's cache folder), the set-up check remembers the images it found good there. `splits`: the
-    splits read, checked and served (training needs all three; evaluation only the one it scores)."""
+    splits read, checked and served (training needs all three; evaluation only the one it scores). `clean`: the
+    run's report cleaner (r2gen.data.clean; default: `data.clean`'s)."""
 
     def __init__(self, cfg, image_size: int, mean, std, augment: bool, collator: Collator | None = None,
                  features=None, finding_labels=None, check_dir: str | Path | None = None,
-                 splits: tuple[str, ...] = SPLITS):
+                 splits: tuple[str, ...] = SPLITS, clean: Callable[[str], str] | None = None):
         super().__init__()
         self.cfg, self.check_dir, self.needed = cfg, check_dir, tuple(splits)
         self.image_size, self.mean, self.std, self.augment = image_size, tuple(mean), tuple(std), augment
         self.collator, self.features = collator or Collator(), features
         self.label_reports = finding_labels  # reports -> [[1/0 per label]]: training targets of data.finding_loss
-        self.clean = get_cleaner(cfg.clean)
+        self.clean = clean or get_cleaner(cfg.clean)
         self.max_pixels = cfg.get("max_image_pixels")  # None: a run from before the key (Pillow's limit)
         self.splits: dict[str, StudyDataset] = {}
 
     def prepare_data(self) -> None:
         if self.cfg.get("demo"):  # the built-in synthetic set is generated on first use
-            from r2gen.data.synthetic import generate_demo
-
             generate_demo(self.cfg.root, **self.cfg.demo)
 
     def setup(self, stage: str | None = None) -> None:
@@ -149,8 +151,6 @@ class ReportDataModule(pl.LightningDataModule):
             loader = ResumableLoader
             batching = {"batch_sampler": SkippingBatchSampler(ResumableRandomSampler(ds), batch_size, False)}
             if self.cfg.group_by_length:
-                from r2gen.data.sampler import length_grouped
-
                 batching = {"batch_sampler": length_grouped(ds, self.splits[split].token_lengths, batch_size)}
         return loader(ds, **batching, num_workers=n, collate_fn=self.collator, persistent_workers=n > 0,
                       worker_init_fn=worker_init if n > 0 else None, pin_memory=torch.cuda.is_available())

@@ -38,6 +38,7 @@ import timm
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from r2gen.data.collate import collate
 from r2gen.data.packed import Strings
 from r2gen.errors import ConfigError, StorageError, UnsafeWriteError
 from r2gen.locks import exclusive
@@ -168,8 +169,6 @@ class FeatureCache:
     def _build(self, path: Path, base, n_images: int, rows: np.ndarray) -> None:
         """Encode every image of `base` into `path`; `rows` [N, V]: each study's rows in the file (-1: no view)."""
         from tqdm import tqdm
-
-        from r2gen.data.collate import collate
 
         device = next(self.encoder.parameters()).device  # the model's: the GPU once Lightning has moved it there
         # workers decode the next batches while the encoder runs; its own generator: building the cache must not

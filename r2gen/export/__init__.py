@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from r2gen.checkpoint import cli_overrides, load_model, rebuild
+from r2gen.build import cli_overrides, load_model, rebuild
 from r2gen.errors import ConfigError, StorageError, UnsafeWriteError, UserError
 
 PARTS = ("all", "lm")

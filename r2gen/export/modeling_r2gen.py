@@ -26,11 +26,11 @@ from PIL import Image
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel
 
-from .clean import detokenize, get_cleaner
+from .clean import get_cleaner
 from .configuration_r2gen import R2GenConfig
 from .encoder import ImageEncoder
 from .images import load_image, to_rgb
-from .prompt import assemble
+from .prompt import assemble, decode_reports
 from .transform import image_transform
 
 # Arguments of `from_pretrained` that also say where the tokenizer files are.
@@ -126,6 +126,5 @@ class R2GenModel(PreTrainedModel):
                              view_mask.to(self.lm_proj.weight.device))
             inputs, attn = assemble(embed, prompt, img, mask, padding_side="left")
             out = self.lm_model.generate(inputs_embeds=inputs, attention_mask=attn, generation_config=gen)
-            texts = self.tokenizer.batch_decode(out, skip_special_tokens=True)  # new tokens only (inputs_embeds)
-            reports += [detokenize(self.clean(t)) for t in texts]
+            reports += decode_reports(self.tokenizer, out, self.clean)  # new tokens only (inputs_embeds)
         return reports

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytorch_lightning as pl
@@ -18,11 +19,11 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
 from r2gen.checkpoint import payload
-from r2gen.data.clean import detokenize, get_cleaner
-from r2gen.errors import ConfigError, InputError
+from r2gen.errors import InputError
 from r2gen.models.encoder import ImageEncoder
+from r2gen.models.finding_loss import FindingHead
 from r2gen.models.lm import generation_config, load_lm, quantization_config
-from r2gen.models.prompt import Prompt, assemble
+from r2gen.models.prompt import Prompt, assemble, decode_reports
 from r2gen.models.trainable import apply_align, apply_lm_training, count_params
 
 log = logging.getLogger(__name__)
@@ -38,15 +39,15 @@ def image_encoder(cfg: DictConfig) -> ImageEncoder:
 
 
 class R2GenModule(pl.LightningModule):
-    def __init__(self, cfg: DictConfig | dict, lm_path: str | None = None):
-        """`lm_path`: where the LM folder is; default `r2gen.build.lm_path(cfg)` (a locally built LM, lm=tiny, or a
-        converted one, lm.convert, lives in the cache, not at `lm.name_or_path`)."""
+    def __init__(self, cfg: DictConfig | dict, lm_path: str, clean: Callable[[str], str],
+                 lm_identity: dict[str, Any] | None = None, finding_labels: Sequence[str] = ()):
+        """Built by `r2gen.build.model`, which composes the arguments from the config: `lm_path`, where the LM folder
+        is (a locally built LM, lm=tiny, or a converted one, lm.convert, lives in the cache, not at
+        `lm.name_or_path`); `clean`, the run's report cleaner (r2gen.data.clean); `lm_identity`, what a checkpoint
+        stores to rebuild a built LM (None for a user's or a hub LM); `finding_labels`, the findings the auxiliary
+        head classifies (r2gen.models.finding_loss; none: no head)."""
         super().__init__()
         cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
-        if lm_path is None:
-            from r2gen import build
-
-            lm_path = build.lm_path(cfg)
         self.save_hyperparameters({"cfg": OmegaConf.to_container(cfg, resolve=True)})
         self.cfg = cfg
         self.strict_loading = False  # checkpoints hold only what cannot be rebuilt; on_load_checkpoint checks it
@@ -58,20 +59,13 @@ class R2GenModule(pl.LightningModule):
         hidden = text_cfg.hidden_size  # the projection is sized from the LM, whatever its family
         self.lm_proj = nn.Linear(self.encoder.num_features, hidden)
         self.lm_norm = nn.LayerNorm(hidden)
-        self.finding_head = None  # data.finding_loss > 0: the labeler's findings classified from the image tokens
-        if cfg.data.finding_loss:
-            from r2gen.scoring.policy import label_names
-
-            n = len(label_names(cfg.data.labeler))
-            if not n or cfg.data.finding_loss < 0:
-                raise ConfigError(f"data.finding_loss={cfg.data.finding_loss} needs a finding labeler "
-                                  f"(data.labeler=demo|chexpert, now {cfg.data.labeler}) and a weight >= 0; "
-                                  "or set data.finding_loss=0")
-            self.finding_head = nn.Linear(self.encoder.num_features, n)
+        # data.finding_loss > 0: the labeler's findings classified from the image tokens
+        self.finding_head = FindingHead(self.encoder.num_features, len(finding_labels)) if finding_labels else None
+        self.lm_identity = lm_identity
         self.prompt = Prompt(self.tokenizer, cfg.lm.prompt.text, cfg.lm.prompt.template, cfg.lm.add_bos)
         self.gen_config = generation_config(self.lm_model, self.tokenizer,
                                             OmegaConf.to_container(cfg.generate, resolve=True))
-        self.clean = get_cleaner(cfg.data.clean)
+        self.clean = clean
 
         self.encoder_mode = apply_align(self.encoder, cfg.align)
         if self.encoder_mode != "full" and not cfg.encoder.pretrained:
@@ -109,7 +103,7 @@ class R2GenModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         keep = self.persistent_keys()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
-        checkpoint["r2gen"] = payload(self, keep)  # format, kept keys, the config (r2gen.checkpoint)
+        checkpoint["r2gen"] = payload(self.cfg, keep, self.lm_identity)  # format, kept keys, config (r2gen.checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         missing = self.persistent_keys() - set(checkpoint["state_dict"])
@@ -150,10 +144,7 @@ class R2GenModule(pl.LightningModule):
         out = {"lm": self.lm_model(inputs_embeds=inputs, attention_mask=attn, labels=labels).loss}
         out["loss"] = out["lm"]
         if self.finding_head is not None and "finding_labels" in batch:
-            m = mask.unsqueeze(-1).to(tokens.dtype)
-            pooled = (tokens * m).sum(1) / m.sum(1).clamp(min=1)  # [B, C]: the mean over real views' tokens
-            logits = self.finding_head(pooled.to(self.finding_head.weight.dtype))
-            out["finding"] = nn.functional.binary_cross_entropy_with_logits(logits.float(), batch["finding_labels"].float())
+            out["finding"] = self.finding_head.loss(tokens, mask, batch["finding_labels"])
             out["loss"] = out["lm"] + self.cfg.data.finding_loss * out["finding"]
         return out
 
@@ -170,8 +161,7 @@ class R2GenModule(pl.LightningModule):
         img, mask = self.encode_images(images, view_mask, features)
         inputs, attn = assemble(self.embed, self.prompt, img, mask, padding_side="left")
         out = self.lm_model.generate(inputs_embeds=inputs, attention_mask=attn, generation_config=self.gen_config)
-        texts = self.tokenizer.batch_decode(out, skip_special_tokens=True)  # new tokens only (inputs_embeds)
-        return [detokenize(self.clean(t)) for t in texts]
+        return decode_reports(self.tokenizer, out, self.clean)  # new tokens only (inputs_embeds)
 
     # --- loops ---------------------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):

@@ -1,4 +1,9 @@
-"""Build the LM input around the image tokens: `[bos] prefix <image tokens> suffix [report eos]`.
+"""The LM's report text, in one place: the prompt around the image (plain or the tokenizer's chat template, and
+whether a BOS goes first: `Prompt`), the report as the ids the LM learns to write (cut, then eos:
+`ReportTargets`), the input `[bos] prefix <image tokens> suffix [report eos]` (`assemble`), and generated ids back
+to the report people read (`decode_reports`: decoded, cleaned with the data set's policy, detokenized). Which
+token pads is the tokenizer's policy (`lm.pad_token`: r2gen.models.lm); how a report is cleaned is
+r2gen.data.clean.
 
 Training batches are right-padded to the longest sequence in the batch and labelled -100 everywhere but the
 report and its eos; generation batches are left-padded so every study's last prompt token sits at the end.
@@ -6,14 +11,17 @@ report and its eos; generation batches are left-padded so every study's last pro
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
 try:
-    from r2gen.errors import ConfigError
+    from r2gen.data.clean import detokenize
+    from r2gen.errors import ConfigError, InputError
 except ImportError:  # copied as is into exported model folders (r2gen.export), which run without r2gen
-    ConfigError = ValueError
+    from .clean import detokenize
+
+    ConfigError = InputError = ValueError
 
 IMAGE = "<image>"  # where the image tokens go in `lm.prompt.text`
 IGNORE = -100
@@ -82,3 +90,34 @@ def assemble(embed: Callable[[torch.Tensor], torch.Tensor], prompt: Prompt, imag
         if target_ids is not None:  # only the report and its eos are learned; prompt and image are context
             lab[i, start + n_ctx[i] : start + n] = tail_ids[i, len(prompt.suffix) : tail_lengths[i]]
     return (inputs, mask, lab) if target_ids is not None else (inputs, mask)
+
+
+class ReportTargets:
+    """Report text -> what the LM learns to write: the report's tokens, cut to `max_tokens - 1`, then eos."""
+
+    def __init__(self, tokenizer, max_tokens: int):
+        if tokenizer.eos_token_id is None:
+            raise InputError("the LM's tokenizer has no eos token; a report needs one to end on")
+        self.tokenizer, self.max_tokens, self.eos_id = tokenizer, int(max_tokens), tokenizer.eos_token_id
+
+    def __call__(self, reports: Sequence[str]) -> list[list[int]]:
+        ids = self.tokenizer(list(reports), add_special_tokens=False).input_ids
+        return [r[: self.max_tokens - 1] + [self.eos_id] for r in ids]
+
+    def lengths(self, reports: Sequence[str]) -> list[int]:
+        """Target tokens per report (eos included): what `data.group_by_length` groups by."""
+        return [len(t) for t in self(reports)]
+
+    def tensors(self, reports: Sequence[str]) -> dict[str, torch.Tensor]:
+        """`target_ids` [B, R], right-padded with eos (masked by the lengths), and `target_lengths` [B]."""
+        ids = self(reports)
+        width = max(len(t) for t in ids)
+        return {"target_ids": torch.tensor([t + [self.eos_id] * (width - len(t)) for t in ids], dtype=torch.long),
+                "target_lengths": torch.tensor([len(t) for t in ids], dtype=torch.long)}
+
+
+def decode_reports(tokenizer, ids: torch.Tensor, clean: Callable[[str], str]) -> list[str]:
+    """Generated token ids [B, N] -> reports as people read them: decoded without special tokens, cleaned with the
+    data set's policy (`clean`), then detokenized (`no pneumothorax.`; r2gen.data.clean). `clean` of one gives the
+    text scoring sees (`no pneumothorax .`)."""
+    return [detokenize(clean(t)) for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]

@@ -19,6 +19,7 @@ import torch
 
 from r2gen.scoring.coverage import Coverage
 from r2gen.scoring.policy import Scoring, score_records
+from r2gen.scoring.results import with_image_paths, write_results
 
 PROGRESS_BAR = ("score", "Bleu_4", "CIDEr")
 
@@ -53,8 +54,6 @@ class Evaluation(pl.Callback):
     def on_test_epoch_end(self, trainer, pl_module) -> None:
         self._score(trainer, pl_module, "test")
         if self._results is not None and trainer.is_global_zero and self.scores:
-            from r2gen.scoring.results import with_image_paths, write_results
-
             out, meta, dataset = self._results
             coverage = None
             if dataset is not None:  # what of the split was scored (trainer.limit_test_batches can cut it short)

@@ -12,7 +12,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
+from r2gen.data.synthetic import FINDINGS
 from r2gen.errors import ConfigError
+from r2gen.scoring.chexpert import CHEXPERT_LABELS, ce_scores_from_labels, label_reports, to_binary
+from r2gen.scoring.demo_labeler import finding_scores, label_report
+from r2gen.scoring.laterality import laterality_scores
+from r2gen.scoring.nlg import score_corpus
 
 LABELERS = ("demo", "chexpert")
 REFERENCES = ("full", "truncated")
@@ -21,12 +26,8 @@ REFERENCES = ("full", "truncated")
 def label_names(labeler: str | None) -> tuple[str, ...]:
     """The labels a labeler gives, in order: demo's seven findings, CheXpert's 14 observations, or none."""
     if labeler == "demo":
-        from r2gen.data.synthetic import FINDINGS
-
         return tuple(FINDINGS)
     if labeler == "chexpert":
-        from r2gen.scoring.chexpert import CHEXPERT_LABELS
-
         return tuple(CHEXPERT_LABELS)
     return ()
 
@@ -106,14 +107,10 @@ class Scoring:
     def raw_labels(self, texts: Sequence[str]) -> list[dict[str, int | None]]:
         """Per report, the labeler's own values: demo {finding: 0/1}; chexpert {label: 1/0/-1/None}."""
         if self.labeler == "demo":
-            from r2gen.scoring.demo_labeler import label_report
-
             return [label_report(t) for t in texts]
         if self.labeler == "chexpert":
             if self.chexbert:
                 return self._chexbert.label(texts)
-            from r2gen.scoring.chexpert import label_reports
-
             return label_reports(texts)
         return [{} for _ in texts]
 
@@ -127,19 +124,12 @@ class Scoring:
         raw = self.raw_labels(texts)
         if self.labeler != "chexpert":
             return [{k: int(v or 0) for k, v in x.items()} for x in raw]
-        from r2gen.scoring.chexpert import to_binary
-
         return [to_binary(x, self.ce_uncertain) for x in raw]
 
     def labeler_scores(self, predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
         if self.labeler == "demo":
-            from r2gen.scoring.demo_labeler import finding_scores
-
             return finding_scores(list(predictions), self.raw_labels(references))
         if self.labeler == "chexpert":  # CE scores, and whether sided findings are on the reference's side
-            from r2gen.scoring.chexpert import ce_scores_from_labels
-            from r2gen.scoring.laterality import laterality_scores
-
             return {**ce_scores_from_labels(self.raw_labels(predictions), self.raw_labels(references), self.ce_uncertain),
                     **laterality_scores(predictions, references)}
         return {}
@@ -149,8 +139,6 @@ def score_records(records: Sequence[dict[str, str]], scoring: Scoring | None = N
     """Corpus scores of `[{"id", "prediction", "reference"}]` (references already as `scoring.prepare` gives them),
     plus `score`, the weighted sum used to pick the best checkpoint (`monitor.weights`, e.g. 0.5*Bleu_4 +
     0.5*CIDEr as R2GenGPT)."""
-    from r2gen.scoring import score_corpus
-
     scoring = scoring or Scoring()
     preds = [r["prediction"] for r in records]
     refs = [r["reference"] for r in records]

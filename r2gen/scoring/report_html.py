@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from r2gen.data.clean import detokenize
+from r2gen.data.images import load_image
 from r2gen.scoring import per_sample_scores
+from r2gen.scoring.laterality import report_sides
 
 STUDY_SCORES = ("Bleu_4", "ROUGE_L", "CIDEr")  # what per_sample_scores gives
 THUMB = 128  # thumbnail side in pixels
@@ -54,8 +56,6 @@ document.querySelectorAll('#studies th').forEach(function(th, col){
 def thumbnail(path: str | Path) -> str | None:
     """A data: URI of a small grey JPEG of the image (PNG, JPEG or DICOM, read as the model reads it), or None
     when it cannot be read: a missing thumbnail must not cost the evaluation that just ran."""
-    from r2gen.data.images import load_image
-
     try:
         im = load_image(path).convert("L")
         im.thumbnail((THUMB, THUMB))
@@ -110,8 +110,6 @@ def _chips(pred: dict[str, int], ref: dict[str, int], sides: Sequence[tuple[str,
 
 def _side_errors(pred: str, ref: str) -> list[tuple[str, str, str]]:
     """Sided observations both reports state with different sides (r2gen.scoring.laterality)."""
-    from r2gen.scoring.laterality import report_sides
-
     p, r = report_sides(pred), report_sides(ref)
     return [(k, p[k], r[k]) for k in r if k in p and p[k] != r[k]]
 

@@ -13,33 +13,15 @@ import struct
 import zlib
 from pathlib import Path
 
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset, write_file_meta_info
-from pydicom.uid import (
-    DeflatedExplicitVRLittleEndian,
-    RLELossless,
-    SecondaryCaptureImageStorage,
-    generate_uid,
-)
+from pydicom.uid import DeflatedExplicitVRLittleEndian, RLELossless
+
+from . import dicom
 
 CHUNK = 1 << 20
-
-
-def _dataset(ts, rows: int, cols: int, bits: int) -> Dataset:
-    meta = FileMetaDataset()
-    meta.TransferSyntaxUID = ts
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.PatientID = "CR", "anon"
-    ds.Rows, ds.Columns = rows, cols
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits, bits - 1, 0
-    return ds
 
 
 def _file_start(ds: Dataset) -> bytes:
@@ -61,7 +43,7 @@ def _body(ds: Dataset) -> bytes:
 
 def deflated_dicom(path: Path, side: int = 16384) -> Path:
     """A deflated DICOM of `side` x `side` 8-bit zeros."""
-    ds = _dataset(DeflatedExplicitVRLittleEndian, side, side, 8)
+    ds = dicom.header(side, side, bits_stored=8, bits_allocated=8, transfer_syntax=DeflatedExplicitVRLittleEndian)
     n = side * side
     z = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
     with open(path, "wb") as f:
@@ -92,7 +74,7 @@ def one_bit_png(path: Path, side: int = 13000) -> Path:
 
 def rle_dicom(path: Path, side: int = 65535) -> Path:
     """An RLE Lossless DICOM declaring `side` x `side` 16-bit pixels, holding one tiny frame of RLE data."""
-    ds = _dataset(RLELossless, side, side, 16)
+    ds = dicom.header(side, side, bits_stored=16, transfer_syntax=RLELossless)
     segment = bytes([0x81, 0])  # "repeat the next byte 128 times": nowhere near the declared size
     header = struct.pack("<16I", 2, 64, 64 + len(segment), *([0] * 13))  # two segments (high and low bytes)
     ds.PixelData = encapsulate([header + segment + segment])

@@ -1,5 +1,6 @@
 """r2gen's import graph: every `import` / `from` statement in r2gen/ (also those inside functions), module -> module,
-and its strongly connected components (an import circle is one with more than one module)."""
+and its strongly connected components (an import circle is one with more than one module); and which test files
+import conftest."""
 
 from __future__ import annotations
 
@@ -80,4 +81,23 @@ def sccs(graph: dict[str, set[str]]) -> list[list[str]]:
                     if w == v:
                         break
                 out.append(comp)
+    return out
+
+
+def conftest_importers(root: Path) -> list[str]:
+    """The files under `root`/tests that import `conftest` in any spelling (`from .conftest import x`,
+    `from tests import conftest`, `import conftest`), also inside functions: pytest loads it for its fixtures, and
+    what a test imports lives in tests/helpers/."""
+    out = []
+    for p in sorted((root / "tests").rglob("*.py")):
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [f"{node.module or ''}.{a.name}" for a in node.names]
+            else:
+                continue
+            if any("conftest" in n.split(".") for n in names):
+                out.append(str(p.relative_to(root)))
+                break
     return out
