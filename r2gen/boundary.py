@@ -22,6 +22,7 @@ from collections.abc import Callable
 from omegaconf import DictConfig
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
+from r2gen.conf import CONF_DIR
 from r2gen.config_check import check_config, interpolation_message, missing_message
 from r2gen.errors import UserError
 
@@ -121,8 +122,6 @@ def module_main(fn: Callable[[DictConfig], object], task_name: str | None = None
     run_cli's error handling, in the run folder `outputs/<task_name>/<date>/<time>`. `result(cfg, fn's return)` is
     what Hydra receives as the job's return value (a sweeper optimises it)."""
     import hydra
-
-    from r2gen.conf import CONF_DIR
 
     @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)
     def main(cfg: DictConfig):

@@ -14,7 +14,7 @@ Older formats are migrated when read: format 1 kept only the resolved config; fo
 (`FORMAT_1_ADDED`, `FORMAT_2_ADDED`, `FORMAT_3_ADDED`), which get the value that reproduces how those runs behaved;
 formats 1 to 4 hold no `r2gen.lm`, so their built LM is built again from its recipe and the training reports of the
 data set named (right only on the data set the run was trained on: another one gives another tokenizer, and the
-weights then do not fit; `load_weights` says so in one line).
+weights then do not fit; `r2gen.build.load_weights` says so in one line).
 
 Checkpoints are untrusted input: they are read with `torch.load(weights_only=True)`, which refuses any pickle that
 would run code.

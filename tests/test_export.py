@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
+import r2gen
 from r2gen.errors import ConfigError, StorageError, UnsafeWriteError
 from r2gen.export import EXPORTED, export, import_exported
 from r2gen.models.module import R2GenModule
@@ -147,12 +148,8 @@ def test_the_export_is_a_self_contained_hugging_face_folder(exports):
     assert config["lm_config"]["model_type"] == "llama" and "_name_or_path" not in config["lm_config"]
     assert config["generate"]["num_beams"] == 2 and config["generate"]["max_new_tokens"] == 8  # SMALL's
     assert config["prompt"]["prefix"][0] == 0 and config["prompt"]["suffix"]  # BOS, "Image:" ... "Report:"
-    for name in EXPORTED:  # r2gen is imported nowhere but in a try block (the error classes' fallback)
-        tree = ast.parse((folder / name).read_text())
-        guarded = {id(n) for t in ast.walk(tree) if isinstance(t, ast.Try) for b in t.body for n in ast.walk(b)}
-        imports = [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))]
-        named = [n for n in imports if "r2gen" in top_modules(n)]
-        assert all(id(n) in guarded for n in named), name
+    for name, src in EXPORTED.items():  # verbatim: standalone as test_the_exported_files_are_standalone checks
+        assert (folder / name).read_bytes() == src.read_bytes(), name
     with safe_open(folder / "model.safetensors", "pt") as f:
         keys = list(f.keys())
     assert {k.split(".")[0] for k in keys} == {"encoder", "lm_proj", "lm_norm", "lm_model"}
@@ -160,6 +157,44 @@ def test_the_export_is_a_self_contained_hugging_face_folder(exports):
     assert 'AutoModel.from_pretrained("<this folder>", trust_remote_code=True)' in card
     assert "24 training studies" in card and "`resnet10t`" in card and "## Licence" in card
     assert "No test scores" in card  # the demo run was trained with test_after_fit=false
+
+
+def catches_import_error(node: ast.Try) -> bool:
+    """Whether a `try` has an `except ImportError` (or ModuleNotFoundError) handler: the fallback without r2gen."""
+    caught = {n.id for h in node.handlers if h.type is not None for n in ast.walk(h.type) if isinstance(n, ast.Name)}
+    return bool(caught & {"ImportError", "ModuleNotFoundError"})
+
+
+def test_the_exported_files_are_standalone():
+    """Each file `EXPORTED` copies into the folder imports only the standard library, the packages the model card
+    names and the other exported files (relatively), and r2gen (its error types or another exported file) only in
+    the body of a `try` whose `except ImportError` is the fallback: the folder runs where r2gen is not installed."""
+    allowed = {*sys.stdlib_module_names, "torch", "torchvision", "timm", "transformers", "numpy", "PIL", "pydicom"}
+    package = Path(r2gen.__file__).resolve().parent
+    stems = {Path(name).stem for name in EXPORTED}
+    in_r2gen = {"r2gen.errors"} | {"r2gen." + ".".join(src.relative_to(package).with_suffix("").parts)
+                                   for src in EXPORTED.values()}
+    for src in EXPORTED.values():
+        tree = ast.parse(src.read_text())
+        fallback = {id(n) for t in ast.walk(tree) if isinstance(t, ast.Try) and catches_import_error(t)
+                    for b in t.body for n in ast.walk(b)}
+        for node in ast.walk(tree):
+            where = f"{src}:{getattr(node, 'lineno', '')}"
+            if isinstance(node, ast.Call):  # no import by name at run time, which the checks below would not see
+                assert ast.unparse(node.func).split(".")[-1] not in ("import_module", "__import__"), where
+            elif isinstance(node, ast.ImportFrom) and node.level:
+                assert node.level == 1, where
+                assert ({node.module} if node.module else {a.name for a in node.names}) <= stems, where
+            elif isinstance(node, (ast.Import, ast.ImportFrom)) and "r2gen" in top_modules(node):
+                if isinstance(node, ast.Import):
+                    targets = {a.name for a in node.names}
+                elif node.module == "r2gen":  # from r2gen import errors
+                    targets = {f"r2gen.{a.name}" for a in node.names}
+                else:
+                    targets = {node.module}
+                assert id(node) in fallback and targets <= in_r2gen, where
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                assert set(top_modules(node)) <= allowed, where
 
 
 @pytest.mark.parametrize("name", ["demo", "lora"])
@@ -251,7 +286,7 @@ def test_out_must_be_new_or_empty_and_the_checkpoint_is_only_read(demo_run, tmp_
 
 
 def test_a_full_disk_leaves_nothing_behind(demo_run, tmp_path, cache_dir, monkeypatch):
-    import r2gen.export as mod
+    import r2gen.export.exporter as mod
 
     def full(model, lm, run, folder):
         (folder / "model.safetensors").write_bytes(b"half")

@@ -8,7 +8,9 @@ import argparse
 import os
 import time
 
-from r2gen.convert import CONVERTERS, convert
+from r2gen.boundary import USER_ERRORS, exit_with, quiet_libraries
+from r2gen.convert.folder import convert
+from r2gen.convert.registry import CONVERTERS
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -22,8 +24,6 @@ def main(argv: list[str] | None = None) -> None:
                                        "offline, a hub id is read from the local Hugging Face cache")
     parser.add_argument("out", help="the folder to write; must not exist, or be empty")
     args = parser.parse_args(argv)
-
-    from r2gen.boundary import USER_ERRORS, exit_with, quiet_libraries
 
     quiet_libraries()
     start = time.perf_counter()

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from r2gen.convert.sentencepiece import bpe_tokenizer, read_model
 from r2gen.convert.weights import convert_shards, tensor_names, weight_files
 from r2gen.errors import InputError, MissingFileError
 
@@ -201,8 +202,6 @@ def build_tokenizer(folder: Path, config: dict[str, Any]):
     from tokenizers import AddedToken
     from tokenizers.processors import TemplateProcessing
     from transformers import PreTrainedTokenizerFast
-
-    from r2gen.convert.sentencepiece import bpe_tokenizer, read_model
 
     path = folder / "tokenizer.model"
     if not path.is_file():

@@ -8,6 +8,12 @@ compares a string with a list and is always true), and `'1. '` is removed anywhe
 Cleaned text is for scoring (`no pneumothorax .`: punctuation split off as its own token). What people read is that
 text detokenized (`detokenize`: `no pneumothorax.`), and cleaning the detokenized text gives the scored text back, so
 a predictions file of readable reports scores as the run did.
+
+Standalone: this file is copied verbatim into every exported model folder (r2gen.export.exporter.EXPORTED), which
+runs without r2gen, so it imports only the standard library, torch, torchvision, timm, transformers, numpy, Pillow,
+pydicom and the other exported files (relatively), and r2gen (its error types, another exported file) only inside
+`try: ... except ImportError:` with a fallback; tests/test_export.py::test_the_exported_files_are_standalone keeps
+it so.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from collections.abc import Callable
 
 try:
     from r2gen.errors import ConfigError
-except ImportError:  # copied as is into exported model folders (r2gen.export), which run without r2gen
+except ImportError:  # standalone (see above)
     ConfigError = ValueError
 
 _SENT_RE = re.compile("[.,?;*!%^&_+():-\\[\\]{}]")

@@ -20,7 +20,11 @@ pydicom's "exceptions were raised by all available plugins".
 `image_problem` is the set-up check: it finds missing, truncated, undecodable and over-budget files without
 decoding them.
 
-Standalone (numpy, Pillow, pydicom only): `r2gen.export` copies this file into exported model folders.
+Standalone: this file is copied verbatim into every exported model folder (r2gen.export.exporter.EXPORTED), which
+runs without r2gen, so it imports only the standard library, torch, torchvision, timm, transformers, numpy, Pillow,
+pydicom and the other exported files (relatively), and r2gen (its error types, another exported file) only inside
+`try: ... except ImportError:` with a fallback; tests/test_export.py::test_the_exported_files_are_standalone keeps
+it so.
 """
 
 from __future__ import annotations

@@ -1,7 +1,10 @@
 """The image transform in front of the encoder: resize, (training only) a small affine jitter, tensor, normalise.
 
-Standalone (torchvision only): `r2gen.export` copies this file into exported model folders, so an exported model
-preprocesses exactly as training, evaluation and predict.py do.
+Standalone: this file is copied verbatim into every exported model folder (r2gen.export.exporter.EXPORTED), which
+runs without r2gen, so it imports only the standard library, torch, torchvision, timm, transformers, numpy, Pillow,
+pydicom and the other exported files (relatively), and r2gen (its error types, another exported file) only inside
+`try: ... except ImportError:` with a fallback; tests/test_export.py::test_the_exported_files_are_standalone keeps
+it so.
 """
 
 from __future__ import annotations

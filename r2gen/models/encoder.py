@@ -2,6 +2,12 @@
 
 Views are encoded one image at a time (all views of the batch in one forward), then fused:
 `mean` averages the views' tokens (R2GenGPT), `concat` keeps every view's tokens side by side.
+
+Standalone: this file is copied verbatim into every exported model folder (r2gen.export.exporter.EXPORTED), which
+runs without r2gen, so it imports only the standard library, torch, torchvision, timm, transformers, numpy, Pillow,
+pydicom and the other exported files (relatively), and r2gen (its error types, another exported file) only inside
+`try: ... except ImportError:` with a fallback; tests/test_export.py::test_the_exported_files_are_standalone keeps
+it so.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from torch import nn
 
 try:
     from r2gen.errors import ConfigError, MissingFileError
-except ImportError:  # copied as is into exported model folders (r2gen.export), which run without r2gen
+except ImportError:  # standalone (see above)
     ConfigError, MissingFileError = ValueError, FileNotFoundError
 
 FUSIONS = ("mean", "concat")

@@ -7,6 +7,12 @@ r2gen.data.clean.
 
 Training batches are right-padded to the longest sequence in the batch and labelled -100 everywhere but the
 report and its eos; generation batches are left-padded so every study's last prompt token sits at the end.
+
+Standalone: this file is copied verbatim into every exported model folder (r2gen.export.exporter.EXPORTED), which
+runs without r2gen, so it imports only the standard library, torch, torchvision, timm, transformers, numpy, Pillow,
+pydicom and the other exported files (relatively), and r2gen (its error types, another exported file) only inside
+`try: ... except ImportError:` with a fallback; tests/test_export.py::test_the_exported_files_are_standalone keeps
+it so.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import torch
 try:
     from r2gen.data.clean import detokenize
     from r2gen.errors import ConfigError, InputError
-except ImportError:  # copied as is into exported model folders (r2gen.export), which run without r2gen
+except ImportError:  # standalone (see above)
     from .clean import detokenize
 
     ConfigError = InputError = ValueError

@@ -9,6 +9,7 @@ from typing import Any
 
 from r2gen.data.clean import detokenize
 from r2gen.scoring import METRIC_NAMES
+from r2gen.scoring.report_html import write_report
 
 _SUMMARY = re.compile(r"ce_(precision|recall|f1)_(micro|macro|micro_5)")
 _PER_LABEL = re.compile(r"(?:ce_)?(precision|recall|f1)/(.+)")
@@ -64,8 +65,6 @@ def write_results(out_dir: str | Path, records: list[dict], scores: dict[str, fl
     "reference"}` per study: the generated report as people read it, detokenized, and the reference as scored;
     `evaluate.py predictions=` cleans both and scores exactly what this evaluation scored) and `out_dir/report.html`
     (the viewer). `records` hold both reports as scored (cleaned)."""
-    from r2gen.scoring.report_html import write_report
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "predictions.jsonl", "w") as f:
