@@ -39,6 +39,7 @@ from r2gen.data.synthetic import generate_demo
 from r2gen.errors import ConfigError, InputError
 from r2gen.models import tiny_lm
 from r2gen.models.finding_loss import finding_labels
+from r2gen.models.lm import check_supported
 from r2gen.models.module import R2GenModule
 from r2gen.models.prompt import ReportTargets
 from r2gen.run_folder import claim_run_folder
@@ -71,6 +72,7 @@ def lm_path(cfg: DictConfig, identity: dict | None = None, clean: Callable[[str]
     `clean`: the run's report cleaner (default: the data set's, `data.clean`), which the tokenizer is trained on.
     """
     name = str(cfg.lm.name_or_path)
+    check_supported(cfg.lm)  # before a download or a conversion
     if cfg.lm.get("convert"):
         return str(ensure_converted(cfg.lm.convert, name, Path(cfg.paths.cache_dir)))
     if not built_lm(cfg):

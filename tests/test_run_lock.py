@@ -30,6 +30,7 @@ def dead_pid() -> int:
     return p.pid
 
 
+@pytest.mark.slow  # two fresh processes, each importing r2gen (the fast tier starts none)
 def test_the_python_api_takes_the_run_lock_reentrant_in_its_process(tmp_path):
     run = tmp_path / "run"
     assert claim_run_folder(run) == run and claim_run_folder(run) == run  # the same process may claim it again

@@ -20,7 +20,6 @@ encode(content), which the chat template below reproduces as text (see `chat_tem
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from typing import Any
 import torch
 
 from r2gen.convert.sentencepiece import bpe_tokenizer, read_model
-from r2gen.convert.weights import convert_shards, tensor_names, weight_files
+from r2gen.convert.weights import convert_shards, read_json, tensor_names, weight_files
 from r2gen.errors import InputError, MissingFileError
 
 NAME = "chatglm3"
@@ -63,16 +62,6 @@ FIX_FOLDER = "point lm.name_or_path at a ChatGLM3 checkpoint (config.json, token
 def matches(config: dict[str, Any]) -> bool:
     """Whether a config.json is ChatGLM3's (ChatGLM2 has the same keys and network)."""
     return config.get("model_type") == "chatglm" and all(k in config for k in KEYS)
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except ValueError as e:
-        raise InputError(f"{path}: not valid JSON ({e}); copy the model's own file there") from None
-    if not isinstance(data, dict):
-        raise InputError(f"{path}: not a JSON object; copy the model's own file there")
-    return data
 
 
 def check_config(config: dict[str, Any], path: Path) -> None:

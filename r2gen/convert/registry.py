@@ -19,7 +19,8 @@ from types import ModuleType
 from r2gen.errors import ConfigError, InputError, MissingFileError
 
 # source format (lm.convert) -> its converter module, imported only when that format is used
-CONVERTERS = {"chatglm3": "r2gen.convert.chatglm3"}
+CONVERTERS = {"chatglm3": "r2gen.convert.chatglm3", "internlm2": "r2gen.convert.internlm2",
+              "baichuan2": "r2gen.convert.baichuan2"}
 
 
 def family(name: str) -> ModuleType:

@@ -59,9 +59,13 @@ def ranked_merges(proto) -> list[tuple[str, str]]:
     return [(left, right) for _, _, left, right in ranked]
 
 
-def bpe_tokenizer(path: Path):
+def bpe_tokenizer(path: Path, user_defined: bool = False):
     """A `tokenizers.Tokenizer` equivalent to the SentencePiece BPE model at `path`; ids are the piece ids, and its
-    control and unknown pieces (`<unk>`, `<s>`, `</s>`) are special tokens."""
+    control and unknown pieces (`<unk>`, `<s>`, `</s>`) are special tokens.
+
+    `user_defined`: the model's user-defined pieces (InternLM2's `<|im_start|>` ...) become special tokens too, split
+    out before BPE with the text between them encoded separately, as a slow tokenizer that lists them among its
+    special tokens does; False refuses a model that has any."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers
     from tokenizers.models import BPE
 
@@ -69,7 +73,7 @@ def bpe_tokenizer(path: Path):
     spec, norm = proto.trainer_spec, proto.normalizer_spec
     if spec.model_type != BPE_MODEL:
         raise InputError(f"{path}: a SentencePiece model of type {spec.model_type} (BPE is 2); only BPE models convert")
-    if spec.treat_whitespace_as_suffix or any(p.type == USER_DEFINED for p in proto.pieces):
+    if spec.treat_whitespace_as_suffix or (not user_defined and any(p.type == USER_DEFINED for p in proto.pieces)):
         raise InputError(f"{path}: uses whitespace-as-suffix or user-defined pieces, which this converter does not "
                          "reproduce exactly yet")
     vocab = {p.piece: i for i, p in enumerate(proto.pieces)}
@@ -98,6 +102,7 @@ def bpe_tokenizer(path: Path):
         steps.append(decoders.Strip(content=" ", left=1, right=0))
     tok.decoder = decoders.Sequence(steps)
 
+    special = (UNKNOWN, CONTROL, USER_DEFINED) if user_defined else (UNKNOWN, CONTROL)
     tok.add_special_tokens([AddedToken(p.piece, special=True, normalized=False)
-                            for p in proto.pieces if p.type in (UNKNOWN, CONTROL)])
+                            for p in proto.pieces if p.type in special])
     return tok

@@ -21,6 +21,18 @@ Mapper = Callable[[str, torch.Tensor], list[tuple[str, torch.Tensor]]]
 FIX = "copy the complete checkpoint (config.json, every weight shard and its index) into that folder"
 
 
+def read_json(path: Path) -> dict:
+    """A checkpoint's JSON file (config.json, generation_config.json, ...) as a dict; anything else is an InputError
+    naming the file."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except ValueError as e:
+        raise InputError(f"{path}: not valid JSON ({e}); copy the model's own file there") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: not a JSON object; copy the model's own file there")
+    return data
+
+
 def weight_files(folder: Path) -> list[Path]:
     """The weight files of the checkpoint in `folder`, in shard order: safetensors when there are any, else .bin."""
     for index, pattern in (("model.safetensors.index.json", "*.safetensors"),

@@ -10,15 +10,21 @@ asks for sampling (`generation_config`).
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 from pathlib import Path
 from typing import Any
 
 import torch
+import transformers
+from omegaconf import OmegaConf
 from pytorch_lightning.utilities import rank_zero_info
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
+from r2gen.conf import CONF_DIR
+from r2gen.convert.registry import detect
 from r2gen.errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
@@ -34,7 +40,32 @@ def _remote_code_refused(e: ValueError, path: str) -> ConfigError | None:
                        f"lm.trust_remote_code=true: read that code (or the model card) first, then set it")
 
 
+def _needs_conversion(path: str) -> ConfigError | None:
+    """A folder of a family r2gen converts (r2gen.convert.registry) that this transformers has no class for: its own
+    code targets an older transformers, so name the conversion, not the key or package transformers would ask for."""
+    config_path = Path(path) / "config.json"
+    if not config_path.is_file():
+        return None
+    try:
+        name = detect(path)
+    except InputError:  # an unreadable config.json: transformers' own load says what is wrong with it
+        return None
+    if name is None:
+        return None
+    config = json.loads(config_path.read_text())
+    if config.get("model_type") in CONFIG_MAPPING_NAMES:  # native in this transformers: it loads as it is
+        return None
+    what = ", ".join(config.get("architectures") or []) or str(config.get("model_type"))
+    lm = [f.stem for f in sorted((CONF_DIR / "lm").glob("*.yaml")) if OmegaConf.load(f).get("convert") == name]
+    return ConfigError(f"lm.name_or_path={path} is a{'n' if what[0] in 'AEIOUaeiou' else ''} {what} checkpoint "
+                       f"(model_type {config.get('model_type')!r}), whose own code does not run under transformers "
+                       f"{transformers.__version__.split('.')[0]}: add lm.convert={name}"
+                       f"{f' (or use lm={lm[0]})' if lm else ''}, or python -m r2gen.convert {name} {path} <out>")
+
+
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
+    if (needed := _needs_conversion(name_or_path)) is not None:
+        raise needed
     try:
         return AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except OSError as e:  # a hub id offline, a typo, a folder without tokenizer files
@@ -157,6 +188,8 @@ def check_causal_lm(path: str, trust_remote_code: bool = False) -> None:
     """Fail, naming what the folder is, unless `AutoModelForCausalLM` loads its config as a decoder-only LM: read from
     config.json alone, before any weights. An encoder-decoder (T5, BART, Whisper) is refused even where transformers
     has a `...ForCausalLM` class for it: that class keeps the decoder and drops the encoder's weights."""
+    if (needed := _needs_conversion(path)) is not None:
+        raise needed
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except OSError as e:  # no config.json, or a hub id offline: the tokenizer's load says the same for a typo
@@ -181,12 +214,17 @@ def check_causal_lm(path: str, trust_remote_code: bool = False) -> None:
                      f"checkpoint")
 
 
+def check_supported(lm_cfg) -> None:
+    """`lm.unsupported` marks a known incompatibility: said before anything is downloaded, converted or loaded."""
+    if lm_cfg.get("unsupported"):
+        raise ConfigError(f"lm.name_or_path={lm_cfg.name_or_path!r} does not work with this r2gen: {lm_cfg.unsupported} "
+                          "(set lm.unsupported=null to try anyway)")
+
+
 def load_lm(lm_cfg, quantization_config=None, path: str | None = None):
     """(model, tokenizer) as `lm_cfg` says, via `AutoModelForCausalLM.from_pretrained` (from `path` if given)."""
     path = str(path or lm_cfg.name_or_path)
-    if lm_cfg.get("unsupported"):  # a known incompatibility, said before minutes of downloading
-        raise ConfigError(f"lm.name_or_path={lm_cfg.name_or_path!r} does not work with this r2gen: {lm_cfg.unsupported} "
-                          "(set lm.unsupported=null to try anyway)")
+    check_supported(lm_cfg)
     check_causal_lm(path, bool(lm_cfg.trust_remote_code))  # before the tokenizer and the weights
     tokenizer = load_tokenizer(path, bool(lm_cfg.trust_remote_code))
     added = apply_pad_policy(tokenizer, lm_cfg.pad_token)
