@@ -26,7 +26,7 @@ demo: install  ## train on the built-in synthetic demo (CPU, ~3 min), then evalu
 test: install  ## run the whole test suite (what CI runs)
 	$(PY) -m pytest -q
 
-test-fast: install  ## the tests not marked slow (no fresh processes, no multi-epoch runs): about 2 minutes
+test-fast: install  ## the tests not marked slow (no fresh processes, no multi-epoch runs): 2-4 minutes
 	$(PY) -m pytest -q -m "not slow"
 
 lint: install  ## ruff
