@@ -2,7 +2,7 @@
 (`R2GenModule.on_save_checkpoint` writes `payload`); rebuilding a model from a checkpoint with the user's overrides
 sits with the one function that builds a run's model (`r2gen.build.rebuild`, `r2gen.build.load_model`).
 
-A checkpoint (format 5) holds, besides Lightning's own state:
+A checkpoint (format 6) holds, besides Lightning's own state:
   * `state_dict`: only what the config cannot rebuild (`R2GenModule.persistent_keys`);
   * `r2gen.config`: the run's config as composed, interpolations kept (`annotation: ${.root}/annotation.json`),
     so that `data.root=/moved` moves the annotation and image folder with it;
@@ -14,7 +14,9 @@ Older formats are migrated when read: format 1 kept only the resolved config; fo
 (`FORMAT_1_ADDED`, `FORMAT_2_ADDED`, `FORMAT_3_ADDED`), which get the value that reproduces how those runs behaved;
 formats 1 to 4 hold no `r2gen.lm`, so their built LM is built again from its recipe and the training reports of the
 data set named (right only on the data set the run was trained on: another one gives another tokenizer, and the
-weights then do not fit; `r2gen.build.load_weights` says so in one line).
+weights then do not fit; `r2gen.build.load_weights` says so in one line). In formats 1 to 5 `lm.add_bos=auto`
+prepended the tokenizer's BOS token whenever it named one; since format 6 it follows the tokenizer (GPT-2's and
+BLOOM's name one but never add it), so their `auto` reads as `named`, which is what those runs were trained with.
 
 Checkpoints are untrusted input: they are read with `torch.load(weights_only=True)`, which refuses any pickle that
 would run code.
@@ -31,7 +33,7 @@ from r2gen.checkpoint_io import load_untrusted
 from r2gen.errors import ConfigError, InputError, MissingFileError
 from r2gen.models.tiny_lm import check_identity
 
-FORMAT = 5
+FORMAT = 6
 # Format 1 checkpoints predate these keys; each value is the behaviour such a run had (not today's default).
 FORMAT_1_ADDED = {
     "data.format": "auto", "data.image_columns": ["image_path"], "data.on_bad_sample": "error",
@@ -78,7 +80,10 @@ def read_checkpoint(path: str | Path | None, key: str = "ckpt") -> dict[str, Any
         ck["r2gen"] = {**ck["r2gen"], "format": 4, "config": _add_keys(ck["r2gen"]["config"], FORMAT_3_ADDED)}
     if ck["r2gen"]["format"] < 5:  # format 4 stored no LM identity: its built LM is built from recipe and data
         ck["r2gen"] = {**ck["r2gen"], "format": 5, "lm": None}
-    elif ck["r2gen"].get("lm") is not None:  # untrusted: bounded and checked before anything is built from it
+    if ck["r2gen"]["format"] < 6:  # lm.add_bos=auto meant what `named` means now
+        ck["r2gen"] = {**ck["r2gen"], "format": 6, "config": _named_bos(ck["r2gen"]["config"])}
+        ck["hyper_parameters"] = {**ck["hyper_parameters"], "cfg": _named_bos(ck["hyper_parameters"]["cfg"])}
+    if ck["r2gen"].get("lm") is not None:  # untrusted: bounded and checked before anything is built from it
         ck["r2gen"] = {**ck["r2gen"], "lm": check_identity(ck["r2gen"]["lm"], f"{key}={path}")}
     return ck
 
@@ -97,6 +102,15 @@ def _add_keys(cfg: dict[str, Any], added: dict[str, Any]) -> dict[str, Any]:
         if OmegaConf.select(run, key, default="<absent>") == "<absent>":
             OmegaConf.update(run, key, value, force_add=True)
     return OmegaConf.to_container(run, resolve=False)
+
+
+def _named_bos(cfg: dict[str, Any]) -> dict[str, Any]:
+    """`cfg` of a format 1-5 checkpoint with `lm.add_bos=auto` as those runs applied it: `named` (see the module
+    docstring)."""
+    lm = cfg.get("lm") if isinstance(cfg, dict) else None
+    if not isinstance(lm, dict) or lm.get("add_bos", "auto") != "auto":
+        return cfg
+    return {**cfg, "lm": {**lm, "add_bos": "named"}}
 
 
 def _from_format_1(cfg: dict[str, Any]) -> dict[str, Any]:

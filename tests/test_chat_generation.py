@@ -16,7 +16,7 @@ from r2gen.models.tiny_lm import build_causal_lm
 from r2gen.verify import verify
 
 from .helpers.config import SMALL_NO_BUILD
-from .helpers.lm_families import FAMILIES, TEXTS
+from .helpers.lm_families import ADDS_BOS, FAMILIES, TEXTS
 from .helpers.models import batch
 
 # The decoding settings of meta-llama/Llama-2-7b-chat-hf's and Qwen/Qwen2-7B-Instruct's generation_config.json, as
@@ -34,7 +34,7 @@ def build_chat(out: Path, family: str) -> str:
     _, model_type, special, _, kw = FAMILIES[family]
     _, decoding, extra = CHAT[family]
     path = build_causal_lm(out, TEXTS, model_type=model_type, vocab_size=300, special=special, extra_tokens=extra,
-                           **kw)
+                           adds_bos=family in ADDS_BOS, **kw)
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(path)

@@ -50,4 +50,4 @@ def test_a_format_2_checkpoint_reads_as_without_the_head(demo_run, tmp_path):
     path = tmp_path / "format2.ckpt"
     torch.save(ck, path)
     migrated = read_checkpoint(path)
-    assert migrated["r2gen"]["format"] == 5 and migrated["r2gen"]["config"]["data"]["finding_loss"] == 0.0
+    assert migrated["r2gen"]["format"] == 6 and migrated["r2gen"]["config"]["data"]["finding_loss"] == 0.0

@@ -11,7 +11,7 @@ from r2gen import build
 from r2gen.models.module import R2GenModule
 
 from .helpers.config import SMALL_NO_BUILD
-from .helpers.lm_families import FAMILIES, build_family, built_once, lm_yaml
+from .helpers.lm_families import ADDS_BOS, FAMILIES, build_family, built_once, lm_yaml
 from .helpers.models import batch, train_steps
 from .helpers.paths import ROOT
 
@@ -89,10 +89,11 @@ def test_family_trains_and_beam_generates(make_cfg, family_dirs, family):
     want_pad = {"eos": tok.eos_token_id, "unk": tok.unk_token_id}.get(policy, tok.pad_token_id)
     assert tok.pad_token_id is not None and tok.pad_token_id == want_pad
     assert m.lm_model.config.pad_token_id == tok.pad_token_id == m.gen_config.pad_token_id
-    if special["bos_token"] is None or lm_cfg.add_bos is False:
+    # add_bos=auto starts the prompt as the family's tokenizer starts a text: with its BOS where it adds one
+    if family not in ADDS_BOS or lm_cfg.add_bos is False:
         assert tok.bos_token_id is None or m.prompt.prefix[:1] != [tok.bos_token_id]
     else:
-        assert m.prompt.prefix[0] == tok.bos_token_id
+        assert m.prompt.prefix[0] == tok.bos_token_id and m.prompt.prefix[1] != tok.bos_token_id
 
     if lm_cfg.prompt.template == "chat":  # the instruction sits in the user turn, the report in the assistant's
         assert tok.decode(m.prompt.prefix).endswith("<|user|>\n") and tok.decode(m.prompt.suffix).endswith("<|assistant|>\n")

@@ -54,7 +54,7 @@ def predictions(folder: Path) -> dict[str, str]:
 
 def test_a_checkpoint_stores_the_lm_it_was_trained_with(demo_run, make_cfg):
     ck = read_checkpoint(demo_run / "checkpoints" / "last.ckpt")
-    assert ck["r2gen"]["format"] == FORMAT == 5
+    assert ck["r2gen"]["format"] == FORMAT == 6
     lm = ck["r2gen"]["lm"]
     built = Path(build.lm_path(make_cfg()))  # the folder the demo run trained with
     assert lm["tokenizer"] == (built / "tokenizer.json").read_text()
@@ -126,6 +126,29 @@ def test_a_damaged_stored_lm_is_one_clear_error(demo_run, tmp_path, field, value
     with pytest.raises(InputError, match=message) as e:
         read_checkpoint(path)
     assert f"ckpt={path}: its stored LM" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_format_5_checkpoint_keeps_the_prompt_it_was_trained_with(demo_run, tmp_path, cache_dir):
+    """Formats 1-5: lm.add_bos=auto prepended BOS whenever the tokenizer named one, and the LMs r2gen built had
+    tokenizers that never add it themselves; such a checkpoint reads as lm.add_bos=named, so its prompt is unchanged."""
+    ckpt = demo_run / "checkpoints" / "last.ckpt"
+    ev = compose_cfg("evaluate", [f"ckpt={ckpt}", *FAST], tmp_path / "now", cache_dir)
+    ck, run = rebuild(ev, [f"ckpt={ckpt}", *FAST])
+    now = load_model(run, ck)
+    assert run.lm.add_bos == "auto" and now.prompt.prefix[0] == now.tokenizer.bos_token_id  # its tokenizer adds it
+
+    old = torch.load(ckpt, map_location="cpu", weights_only=True)
+    tokenizer = json.loads(old["r2gen"]["lm"]["tokenizer"])
+    tokenizer["post_processor"] = None  # a format 5 build: the tokenizer names <s> but does not add it
+    old["r2gen"] = {**old["r2gen"], "format": 5, "lm": {**old["r2gen"]["lm"], "tokenizer": json.dumps(tokenizer)}}
+    path = tmp_path / "format5.ckpt"
+    torch.save(old, path)
+    o = [f"ckpt={path}", *FAST]
+    ck, run = rebuild(compose_cfg("evaluate", o, tmp_path / "old", cache_dir), o)
+    assert ck["r2gen"]["config"]["lm"]["add_bos"] == ck["hyper_parameters"]["cfg"]["lm"]["add_bos"] == "named"
+    model = load_model(run, ck)
+    assert model.tokenizer("no").input_ids[:1] != [model.tokenizer.bos_token_id]
+    assert model.prompt.prefix == now.prompt.prefix  # the prompt the run was trained with
 
 
 def test_a_format_4_checkpoint_still_evaluates_on_its_own_data(demo_run, tmp_path, cache_dir):

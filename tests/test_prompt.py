@@ -70,6 +70,35 @@ def test_generation_inputs_are_left_padded_and_absent_views_dropped(tok):
     torch.testing.assert_close(inputs[1, start : start + 2], img[1, :2])
 
 
+def test_auto_bos_follows_the_tokenizer():
+    # a tokenizer that names a BOS but never starts a text with it (GPT-2, BLOOM, Baichuan2, Phi-3): auto adds none,
+    # named and true add it; one that starts texts with it (LLaMA): auto adds it once, also after a template wrote it
+    names = train_tokenizer(TEXTS, 200, adds_bos=False)
+    assert names("image").input_ids[:1] != [names.bos_token_id]
+    assert Prompt(names, "image <image> report").prefix == names("image ", add_special_tokens=False).input_ids
+    for add_bos in ("named", True):
+        assert Prompt(names, "image <image> report", add_bos=add_bos).prefix[0] == names.bos_token_id
+    adds = train_tokenizer(TEXTS, 200)
+    assert adds("image").input_ids[0] == adds.bos_token_id
+    assert Prompt(adds, "<s>image <image> report").prefix.count(adds.bos_token_id) == 1
+    assert Prompt(adds, "image <image> report", add_bos=False).prefix[:1] != [adds.bos_token_id]
+    with pytest.raises(ValueError, match="choose auto .*, named"):
+        Prompt(adds, "<image>", add_bos="yes")
+
+
+def test_encoder_prompt_ends_as_the_tokenizer_ends_a_text():
+    # T5's tokenizer appends </s> to every text: an encoder-decoder's prompt (its encoder input) ends with it, a
+    # decoder-only LM's prompt never does (the report follows)
+    from tokenizers import processors
+
+    tok = train_tokenizer(TEXTS, 200, adds_bos=False)
+    tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", tok.eos_token_id)])
+    assert Prompt(tok, "a <image> b", encoder_decoder=True).suffix[-1] == tok.eos_token_id
+    assert tok.eos_token_id not in Prompt(tok, "a <image> b").suffix
+    assert Prompt(tok, "a <image> b", encoder_decoder=True).prefix == tok("a ", add_special_tokens=False).input_ids
+
+
 def test_tokenizer_without_bos(tok_no_bos):
     assert tok_no_bos.bos_token_id is None
     p = Prompt(tok_no_bos, "image <image> report", add_bos="auto")

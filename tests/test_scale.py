@@ -251,14 +251,14 @@ def test_a_format_3_checkpoint_reads_as_a_float32_cache(demo_run, tmp_path):
     from r2gen.checkpoint import FORMAT, read_checkpoint
 
     ck = torch.load(demo_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert ck["r2gen"]["format"] == FORMAT == 5 and ck["r2gen"]["config"]["data"]["feature_cache_dtype"] == "float16"
+    assert ck["r2gen"]["format"] == FORMAT == 6 and ck["r2gen"]["config"]["data"]["feature_cache_dtype"] == "float16"
     del ck["r2gen"]["config"]["data"]["feature_cache_dtype"]  # written before the key existed
     del ck["hyper_parameters"]["cfg"]["data"]["feature_cache_dtype"]
     ck["r2gen"] = {**ck["r2gen"], "format": 3}
     path = tmp_path / "format3.ckpt"
     torch.save(ck, path)
     migrated = read_checkpoint(path)
-    assert migrated["r2gen"]["format"] == 5
+    assert migrated["r2gen"]["format"] == 6
     assert migrated["r2gen"]["config"]["data"]["feature_cache_dtype"] == "float32"  # what those runs cached
 
 

@@ -33,10 +33,30 @@ IMAGE = "<image>"  # where the image tokens go in `lm.prompt.text`
 IGNORE = -100
 
 
-class Prompt:
-    """Token ids of the text around the image, from `lm.prompt` (plain text or the tokenizer's chat template)."""
+ADD_BOS = "auto (what the tokenizer itself puts first), named (its BOS token whenever it names one), true or false"
 
-    def __init__(self, tokenizer, text: str, template: str = "plain", add_bos: str | bool = "auto"):
+
+def special_ids(tokenizer) -> tuple[list[int], list[int]]:
+    """The ids the tokenizer itself puts before and after a text (`add_special_tokens=True`): LLaMA's and Mistral's
+    `<s>` first, OPT's `</s>` first, ChatGLM's `[gMASK]<sop>`, T5's `</s>` last; none for Qwen2, GPT-2 or Baichuan2."""
+    plain = tokenizer("a", add_special_tokens=False).input_ids
+    full = tokenizer("a", add_special_tokens=True).input_ids
+    for i in range(len(full) - len(plain) + 1):
+        if full[i : i + len(plain)] == plain:
+            return full[:i], full[i + len(plain) :]
+    return [], []  # the text itself changed with the special tokens: none are taken
+
+
+class Prompt:
+    """Token ids of the text around the image, from `lm.prompt` (plain text or the tokenizer's chat template) and
+    `lm.add_bos`: `auto` starts it as the tokenizer starts any text (its own special tokens first, if any), `named`
+    with the tokenizer's BOS token whenever it has one (what `auto` did in checkpoint formats 1 to 5), `true` with
+    the BOS token, `false` with the text alone; none is added twice where the chat template already wrote it. For an
+    encoder-decoder LM (`encoder_decoder`: T5, BART) the prompt is the encoder's input and ends as the tokenizer ends
+    a text (T5's `</s>`); a decoder-only LM writes the report right after it."""
+
+    def __init__(self, tokenizer, text: str, template: str = "plain", add_bos: str | bool = "auto",
+                 encoder_decoder: bool = False):
         if text.count(IMAGE) != 1:
             raise ConfigError(f"lm.prompt.text={text!r}: must contain {IMAGE} exactly once (where the image goes)")
         if template == "chat":
@@ -47,16 +67,21 @@ class Prompt:
         elif template != "plain":
             raise ConfigError(f"lm.prompt.template={template!r}: choose plain or chat")
         before, after = text.split(IMAGE)
-        bos = tokenizer.bos_token
-        if add_bos == "auto":  # prepend BOS if the tokenizer has one and the template did not already write it
-            add_bos = bos is not None and not before.startswith(bos)
-        elif not isinstance(add_bos, bool):
-            raise ConfigError(f"lm.add_bos={add_bos!r}: choose auto, true or false")
-        if add_bos and tokenizer.bos_token_id is None:
-            raise ConfigError("lm.add_bos=true but the tokenizer has no BOS token: use auto or false")
         enc = lambda s: tokenizer(s, add_special_tokens=False).input_ids if s else []  # noqa: E731
-        self.prefix = ([tokenizer.bos_token_id] if add_bos else []) + enc(before)
-        self.suffix = enc(after)
+        lead, trail = special_ids(tokenizer)
+        if add_bos == "auto":
+            first = lead
+        elif add_bos == "named":
+            first = [] if tokenizer.bos_token_id is None else [tokenizer.bos_token_id]
+        elif isinstance(add_bos, bool):
+            if add_bos and tokenizer.bos_token_id is None:
+                raise ConfigError("lm.add_bos=true but the tokenizer has no BOS token: use auto or false")
+            first = [tokenizer.bos_token_id] if add_bos else []
+        else:
+            raise ConfigError(f"lm.add_bos={add_bos!r}: choose {ADD_BOS}")
+        ids = enc(before)
+        self.prefix = ([] if ids[: len(first)] == first else first) + ids  # a template may have written them
+        self.suffix = enc(after) + (trail if encoder_decoder else [])
 
 
 def assemble(embed: Callable[[torch.Tensor], torch.Tensor], prompt: Prompt, image_tokens: torch.Tensor,

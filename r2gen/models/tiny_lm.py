@@ -29,10 +29,12 @@ SPECIAL = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_t
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, special: Mapping[str, str | None] = SPECIAL,
-                    extra_tokens: Iterable[str] = ()):
+                    extra_tokens: Iterable[str] = (), adds_bos: bool = True):
     """A byte-level BPE `PreTrainedTokenizerFast` trained on `texts`; `special` maps role -> token (None: absent);
-    `extra_tokens` are further special tokens without a role (e.g. a family's prompt markers)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    `extra_tokens` are further special tokens without a role (e.g. a family's prompt markers). `adds_bos`: it starts
+    every text with its BOS token (if it has one), as LLaMA's does; false: it names one but never adds it, as
+    GPT-2's and BLOOM's do."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     roles = {k: v for k, v in special.items() if v is not None}
@@ -46,6 +48,10 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, special: Mapping[str,
         show_progress=False,
     )
     tok.train_from_iterator(list(texts), trainer=trainer)
+    bos = roles.get("bos_token")
+    if adds_bos and bos is not None:
+        tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
+                                                           special_tokens=[(bos, tok.token_to_id(bos))])
     return PreTrainedTokenizerFast(tokenizer_object=tok, **roles)
 
 
@@ -76,12 +82,12 @@ def save_causal_lm(out_dir: str | Path, tokenizer, config, seed: int = 0) -> Pat
 
 def build_causal_lm(out_dir: str | Path, texts: Iterable[str], model_type: str = "llama", vocab_size: int = 1024,
                     special: Mapping[str, str | None] = SPECIAL, seed: int = 0, extra_tokens: Iterable[str] = (),
-                    **config_kwargs: Any) -> Path:
+                    adds_bos: bool = True, **config_kwargs: Any) -> Path:
     """Train a tokenizer, build a randomly initialised `model_type` model from its config, save both to `out_dir`.
 
     `config_kwargs` are that family's config fields (hidden_size, num_hidden_layers, ...).
     """
-    tokenizer = train_tokenizer(texts, vocab_size, special, extra_tokens)
+    tokenizer = train_tokenizer(texts, vocab_size, special, extra_tokens, adds_bos)
     return save_causal_lm(out_dir, tokenizer, causal_lm_config(tokenizer, model_type, special, **config_kwargs), seed)
 
 

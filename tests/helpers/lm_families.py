@@ -49,6 +49,10 @@ FAMILIES = {
                                  "unk_token": None}, ("[gMASK]", "<sop>"), dict(GQA, head_dim=16)),
 }
 
+# The families whose tokenizer starts every text with its BOS token (add_special_tokens=True), as the real ones do;
+# GPT-2, GPT-NeoX, StableLM, BLOOM and Phi-3 (add_bos_token: false) name one but never add it; Qwen2 and GLM have none.
+ADDS_BOS = {"llama", "mistral", "gemma", "opt"}
+
 
 def lm_yaml(name: str) -> DictConfig:
     """`lm=<name>` as Hydra composes it (a family file states only what differs from conf/lm/_base/causal_lm.yaml)."""
@@ -61,7 +65,7 @@ def build_family(out_dir: Path, family: str) -> str:
     """A tiny random checkpoint of `family` in `out_dir`, with the family's special tokens (and chat template)."""
     name, model_type, special, extra, kw = FAMILIES[family]
     path = build_causal_lm(out_dir, TEXTS, model_type=model_type, vocab_size=300, special=special,
-                           extra_tokens=extra, **kw)
+                           extra_tokens=extra, adds_bos=family in ADDS_BOS, **kw)
     if lm_yaml(name).prompt.template == "chat":  # an instruct model ships a chat template
         tok = AutoTokenizer.from_pretrained(path)
         tok.chat_template = PHI3_CHAT
