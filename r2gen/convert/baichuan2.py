@@ -37,7 +37,7 @@ from typing import Any
 import torch
 
 from r2gen.convert.sentencepiece import CONTROL, USER_DEFINED, bpe_tokenizer, read_model
-from r2gen.convert.weights import convert_shards, read_json, tensor_names, weight_files
+from r2gen.convert.weights import checked_weights, native_llama_config, read_json, write_folder
 from r2gen.errors import InputError, MissingFileError
 
 NAME = "baichuan2"
@@ -97,22 +97,10 @@ def settings(config: dict[str, Any], path: Path) -> dict[str, Any]:
 
 
 def llama_config(c: dict[str, Any]):
-    """The `LlamaConfig` of Baichuan2-7B settings (`settings`)."""
-    from transformers import LlamaConfig
-
-    heads = c["num_attention_heads"]
-    llama = LlamaConfig(
-        vocab_size=c["vocab_size"], hidden_size=c["hidden_size"], intermediate_size=c["intermediate_size"],
-        num_hidden_layers=c["num_hidden_layers"], num_attention_heads=heads, num_key_value_heads=heads,
-        head_dim=c["hidden_size"] // heads, hidden_act=c["hidden_act"],
-        max_position_embeddings=c["max_position_embeddings"], rms_norm_eps=c["rms_norm_eps"],
-        attention_bias=False, mlp_bias=False, tie_word_embeddings=False, use_cache=True,
-        rope_parameters={"rope_type": "default", "rope_theta": ROPE_THETA},
-        bos_token_id=c["bos_token_id"], eos_token_id=c["eos_token_id"], pad_token_id=c["pad_token_id"],
-    )
-    llama.architectures = ["LlamaForCausalLM"]
-    llama.dtype = c.get("torch_dtype") or c.get("dtype") or "float32"
-    return llama
+    """The `LlamaConfig` of Baichuan2-7B settings (`settings`): multi-head attention without bias, an untied head."""
+    return native_llama_config(c, num_key_value_heads=c["num_attention_heads"], attention_bias=False,
+                               tie_word_embeddings=False,
+                               rope_parameters={"rope_type": "default", "rope_theta": ROPE_THETA})
 
 
 def source_shapes(c: dict[str, Any]) -> dict[str, tuple[int, ...]]:
@@ -150,18 +138,6 @@ def tensor_mapper(c: dict[str, Any]):
         return [(name, t)]
 
     return mapper
-
-
-def check_names(names: dict[str, Path], shapes: dict[str, tuple[int, ...]], folder: Path) -> None:
-    missing = sorted(k for k in set(shapes) - set(names) if not INV_FREQ.fullmatch(k))
-    unexpected = sorted(set(names) - set(shapes))
-    if missing:
-        raise InputError(f"{folder}: the weights lack {missing[0]} ({len(missing)} tensors missing): an incomplete "
-                         f"or different checkpoint; copy every weight shard of the Baichuan2-7B model there")
-    if unexpected:
-        raise InputError(f"{folder}/{names[unexpected[0]].name}: unexpected tensor {unexpected[0]} "
-                         f"({len(unexpected)} not in Baichuan2-7B's layout, e.g. an adapter or another model); "
-                         "convert the plain Baichuan2-7B checkpoint (merge adapters into it first)")
 
 
 # --- tokenizer ------------------------------------------------------------------------------------------------
@@ -207,7 +183,7 @@ def build_tokenizer(folder: Path, c: dict[str, Any], gen: dict[str, Any]):
         raise InputError(f"{path}: {len(pieces)} pieces exceed vocab_size={c['vocab_size']} in config.json: the "
                          "tokenizer is from another model")
     config_path = folder / "tokenizer_config.json"
-    source = read_json(config_path) if config_path.is_file() else {}
+    source = read_json(config_path, optional=True)
     names = {key: token_text(source.get(key) or default) for key, default in
              (("bos_token", "<s>"), ("eos_token", "</s>"), ("unk_token", "<unk>"), ("pad_token", "<unk>"))}
     for key, token in names.items():
@@ -239,24 +215,17 @@ def build_tokenizer(folder: Path, c: dict[str, Any], gen: dict[str, Any]):
 def convert(folder: Path, out: Path) -> None:
     """Write the native LLaMA folder of the Baichuan2-7B checkpoint in `folder` into the (empty, existing) folder
     `out`. Everything is checked (config, tokenizer, weight names) before the weights are streamed, shard by shard."""
-    from transformers import GenerationConfig
-
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise MissingFileError(f"{config_path}: missing; {FIX_FOLDER}")
     c = settings(read_json(config_path), config_path)
     llama = llama_config(c)
-    gen_path = folder / "generation_config.json"
-    gen = read_json(gen_path) if gen_path.is_file() else {}
+    gen = read_json(folder / "generation_config.json", optional=True)
     tokenizer = build_tokenizer(folder, c, gen)
     shapes = source_shapes(c)
-    files = weight_files(folder)
-    check_names(tensor_names(files), shapes, folder)
+    files = checked_weights(folder, shapes, "Baichuan2-7B", optional=INV_FREQ.fullmatch)
 
-    convert_shards(files, tensor_mapper(c), out, shapes)
-    llama.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    # as the checkpoint ships it (a chat model's sampling settings too: r2gen uses them only when
-    # generate.do_sample=true); a checkpoint without one gets its token ids
+    # generation_config.json as the checkpoint ships it (a chat model's sampling settings too: r2gen uses them only
+    # when generate.do_sample=true); a checkpoint without one gets its token ids
     ids = {k: c[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
-    GenerationConfig.from_dict(gen or ids).save_pretrained(out)
+    write_folder(out, files, tensor_mapper(c), shapes, llama, tokenizer, gen or ids)

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from r2gen.convert.sentencepiece import bpe_tokenizer, read_model
-from r2gen.convert.weights import convert_shards, read_json, tensor_names, weight_files
+from r2gen.convert.weights import checked_weights, eos_and_pad, native_config, read_json, write_folder
 from r2gen.errors import InputError, MissingFileError
 
 NAME = "chatglm3"
@@ -86,19 +86,16 @@ def glm_config(config: dict[str, Any]):
     """The `GlmConfig` of a ChatGLM3 config.json."""
     from transformers import GlmConfig
 
-    glm = GlmConfig(
-        vocab_size=config["padded_vocab_size"], hidden_size=config["hidden_size"],
+    return native_config(
+        GlmConfig, config, vocab_size=config["padded_vocab_size"], hidden_size=config["hidden_size"],
         intermediate_size=config["ffn_hidden_size"], num_hidden_layers=config["num_layers"],
         num_attention_heads=config["num_attention_heads"], num_key_value_heads=config["multi_query_group_num"],
         head_dim=config["kv_channels"], hidden_act="silu", attention_dropout=config.get("attention_dropout") or 0.0,
         max_position_embeddings=config["seq_length"], rms_norm_eps=config["layernorm_epsilon"],
-        attention_bias=bool(config.get("add_qkv_bias", True)), tie_word_embeddings=False, use_cache=True,
+        attention_bias=bool(config.get("add_qkv_bias", True)), tie_word_embeddings=False,
         rope_parameters={"rope_type": "default", "rope_theta": rope_base(config), "partial_rotary_factor": 0.5},
         pad_token_id=config.get("pad_token_id", 0), eos_token_id=config.get("eos_token_id", 2), bos_token_id=None,
     )
-    glm.architectures = ["GlmForCausalLM"]
-    glm.dtype = config.get("torch_dtype") or config.get("dtype") or "float32"
-    return glm
 
 
 def rope_base(config: dict[str, Any]) -> float:
@@ -151,18 +148,6 @@ def tensor_mapper(config: dict[str, Any]):
     return mapper
 
 
-def check_names(names: dict[str, Path], shapes: dict[str, tuple[int, ...]], folder: Path) -> None:
-    missing = sorted(set(shapes) - set(names) - {INV_FREQ})
-    unexpected = sorted(set(names) - set(shapes))
-    if missing:
-        raise InputError(f"{folder}: the weights lack {missing[0]} ({len(missing)} tensors missing): an incomplete "
-                         f"or different checkpoint; copy every weight shard of the ChatGLM3 model there")
-    if unexpected:
-        raise InputError(f"{folder}/{names[unexpected[0]].name}: unexpected tensor {unexpected[0]} "
-                         f"({len(unexpected)} not in ChatGLM3's layout, e.g. a P-tuning prefix or another model); "
-                         "convert the plain ChatGLM3 checkpoint (merge adapters into it first)")
-
-
 # --- tokenizer ------------------------------------------------------------------------------------------------
 def chat_template(dummy_prefix: bool) -> str:
     """Jinja that renders ChatGLM3's chat input as text which tokenizes to the same ids as its `build_chat_input`:
@@ -213,7 +198,7 @@ def build_tokenizer(folder: Path, config: dict[str, Any]):
     prefix = " ".join(PREFIX)
     tok.post_processor = TemplateProcessing(single=f"{prefix} $A", pair=f"{prefix} $A $B {eos}",
                                             special_tokens=[(t, tok.token_to_id(t)) for t in (*PREFIX, eos)])
-    source = read_json(folder / "tokenizer_config.json") if (folder / "tokenizer_config.json").is_file() else {}
+    source = read_json(folder / "tokenizer_config.json", optional=True)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, eos_token=eos, unk_token=unk, pad_token=unk,  # ChatGLM3 pads with <unk> (id 0)
         padding_side=source.get("padding_side", "left"), clean_up_tokenization_spaces=False,
@@ -226,8 +211,6 @@ def convert(folder: Path, out: Path) -> None:
     """Write the native GLM folder of the ChatGLM3 checkpoint in `folder` into the (empty, existing) folder `out`.
 
     Everything is checked (config, tokenizer, weight names) before the weights are streamed, shard by shard."""
-    from transformers import GenerationConfig
-
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise MissingFileError(f"{config_path}: missing; {FIX_FOLDER}")
@@ -236,16 +219,10 @@ def convert(folder: Path, out: Path) -> None:
     glm = glm_config(config)
     tokenizer = build_tokenizer(folder, config)
     shapes = source_shapes(config)
-    files = weight_files(folder)
-    check_names(tensor_names(files), shapes, folder)
+    files = checked_weights(folder, shapes, "ChatGLM3", optional=lambda name: name == INV_FREQ,
+                            foreign="a P-tuning prefix or another model")
+    # only the token ids: a chat demo's sampling defaults would turn r2gen's beam search into beam sampling
+    gen = eos_and_pad(read_json(folder / "generation_config.json", optional=True), config.get("eos_token_id", 2),
+                      tokenizer.convert_tokens_to_ids(CHAT_ENDS), tokenizer.pad_token_id)
 
-    convert_shards(files, tensor_mapper(config), out, shapes)
-    glm.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    # only the token ids: decoding settings are r2gen's `generate.*` (a chat demo's sampling defaults would turn
-    # its beam search into beam sampling)
-    gen_path = folder / "generation_config.json"
-    eos = (read_json(gen_path) if gen_path.is_file() else {}).get("eos_token_id", config.get("eos_token_id", 2))
-    eos = [eos] if isinstance(eos, int) else list(eos)
-    GenerationConfig(eos_token_id=list(dict.fromkeys(eos + tokenizer.convert_tokens_to_ids(CHAT_ENDS))),
-                     pad_token_id=tokenizer.pad_token_id).save_pretrained(out)
+    write_folder(out, files, tensor_mapper(config), shapes, glm, tokenizer, gen)

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from r2gen.convert.sentencepiece import bpe_tokenizer, read_model
-from r2gen.convert.weights import convert_shards, read_json, tensor_names, weight_files
+from r2gen.convert.weights import checked_weights, eos_and_pad, native_llama_config, read_json, write_folder
 from r2gen.errors import InputError, MissingFileError
 
 NAME = "internlm2"
@@ -46,6 +46,8 @@ LAYER_RENAME = {"attention.wo": "self_attn.o_proj", "feed_forward.w1": "mlp.gate
                 "feed_forward.w3": "mlp.up_proj", "feed_forward.w2": "mlp.down_proj",
                 "attention_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm"}
 FIX_FOLDER = "point lm.name_or_path at an InternLM2 checkpoint (config.json, tokenizer.model and the weights)"
+TIED_OUTPUT = ("holds output.weight, yet config.json says tie_word_embeddings=true (the output layer is the "
+               "embeddings); set it to false in config.json if output.weight is the trained output layer")
 
 
 def matches(config: dict[str, Any]) -> bool:
@@ -93,20 +95,8 @@ def rope_parameters(c: dict[str, Any], path: Path) -> dict[str, Any]:
 
 def llama_config(c: dict[str, Any]):
     """The `LlamaConfig` of InternLM2 settings (`settings`)."""
-    from transformers import LlamaConfig
-
-    llama = LlamaConfig(
-        vocab_size=c["vocab_size"], hidden_size=c["hidden_size"], intermediate_size=c["intermediate_size"],
-        num_hidden_layers=c["num_hidden_layers"], num_attention_heads=c["num_attention_heads"],
-        num_key_value_heads=c["num_key_value_heads"], head_dim=c["hidden_size"] // c["num_attention_heads"],
-        hidden_act=c["hidden_act"], max_position_embeddings=c["max_position_embeddings"],
-        rms_norm_eps=c["rms_norm_eps"], attention_bias=bool(c["bias"]), mlp_bias=False,
-        tie_word_embeddings=bool(c["tie_word_embeddings"]), rope_parameters=c["rope_parameters"], use_cache=True,
-        bos_token_id=c["bos_token_id"], eos_token_id=c["eos_token_id"], pad_token_id=c["pad_token_id"],
-    )
-    llama.architectures = ["LlamaForCausalLM"]
-    llama.dtype = c.get("torch_dtype") or c.get("dtype") or "float32"
-    return llama
+    return native_llama_config(c, num_key_value_heads=c["num_key_value_heads"], attention_bias=bool(c["bias"]),
+                               tie_word_embeddings=bool(c["tie_word_embeddings"]), rope_parameters=c["rope_parameters"])
 
 
 def source_shapes(c: dict[str, Any]) -> dict[str, tuple[int, ...]]:
@@ -152,22 +142,6 @@ def tensor_mapper(c: dict[str, Any]):
     return mapper
 
 
-def check_names(names: dict[str, Path], shapes: dict[str, tuple[int, ...]], folder: Path, tied: bool) -> None:
-    missing = sorted(set(shapes) - set(names))
-    unexpected = sorted(set(names) - set(shapes))
-    if missing:
-        raise InputError(f"{folder}: the weights lack {missing[0]} ({len(missing)} tensors missing): an incomplete "
-                         f"or different checkpoint; copy every weight shard of the InternLM2 model there")
-    if tied and "output.weight" in unexpected:
-        raise InputError(f"{folder}/{names['output.weight'].name}: holds output.weight, yet config.json says "
-                         "tie_word_embeddings=true (the output layer is the embeddings); set it to false in "
-                         "config.json if output.weight is the trained output layer")
-    if unexpected:
-        raise InputError(f"{folder}/{names[unexpected[0]].name}: unexpected tensor {unexpected[0]} "
-                         f"({len(unexpected)} not in InternLM2's layout, e.g. an adapter or another model); "
-                         "convert the plain InternLM2 checkpoint (merge adapters into it first)")
-
-
 # --- tokenizer ------------------------------------------------------------------------------------------------
 def token_text(token: str | dict) -> str:
     """A token as tokenizer_config.json writes it: its text, or an AddedToken's fields."""
@@ -191,7 +165,7 @@ def build_tokenizer(folder: Path, c: dict[str, Any]):
         raise InputError(f"{path}: {pieces} pieces exceed vocab_size={c['vocab_size']} in config.json: the tokenizer "
                          "is from another model")
     config_path = folder / "tokenizer_config.json"
-    source = read_json(config_path) if config_path.is_file() else {}
+    source = read_json(config_path, optional=True)
     for sid, entry in (source.get("added_tokens_decoder") or {}).items():
         content = entry.get("content") if isinstance(entry, dict) else None
         if tok.token_to_id(str(content)) != int(sid):
@@ -224,8 +198,6 @@ def convert(folder: Path, out: Path) -> None:
     """Write the native LLaMA folder of the InternLM2 checkpoint in `folder` into the (empty, existing) folder `out`.
 
     Everything is checked (config, tokenizer, weight names) before the weights are streamed, shard by shard."""
-    from transformers import GenerationConfig
-
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise MissingFileError(f"{config_path}: missing; {FIX_FOLDER}")
@@ -233,16 +205,10 @@ def convert(folder: Path, out: Path) -> None:
     llama = llama_config(c)
     tokenizer = build_tokenizer(folder, c)
     shapes = source_shapes(c)
-    files = weight_files(folder)
-    check_names(tensor_names(files), shapes, folder, bool(c["tie_word_embeddings"]))
-
-    convert_shards(files, tensor_mapper(c), out, shapes)
-    llama.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    # only the token ids: decoding settings are r2gen's `generate.*`
-    gen_path = folder / "generation_config.json"
-    eos = (read_json(gen_path) if gen_path.is_file() else {}).get("eos_token_id", c["eos_token_id"])
-    eos = [eos] if isinstance(eos, int) else list(eos)
+    files = checked_weights(folder, shapes, "InternLM2",
+                            explain={"output.weight": TIED_OUTPUT} if c["tie_word_embeddings"] else None)
     end = [tokenizer.convert_tokens_to_ids(CHAT_END)] if CHAT_END in tokenizer.get_vocab() else []
-    GenerationConfig(eos_token_id=list(dict.fromkeys(eos + end)), pad_token_id=tokenizer.pad_token_id
-                     ).save_pretrained(out)
+    gen = eos_and_pad(read_json(folder / "generation_config.json", optional=True), c["eos_token_id"], end,
+                      tokenizer.pad_token_id)
+
+    write_folder(out, files, tensor_mapper(c), shapes, llama, tokenizer, gen)

@@ -1,4 +1,5 @@
-"""Read a checkpoint's weights shard by shard and write them renamed as safetensors: what every converter shares.
+"""What every converter shares: read a checkpoint's weights shard by shard and write them renamed as safetensors,
+and write the rest of the converted folder (the native config, the tokenizer, generation_config.json).
 
 A source is `*.safetensors` or `pytorch_model*.bin`, one file or shards listed by an `*.index.json`; `.bin` files
 are read with `torch.load(weights_only=True)` (no pickled code runs). Only one shard is in memory at a time, so a
@@ -11,6 +12,7 @@ import json
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -21,9 +23,11 @@ Mapper = Callable[[str, torch.Tensor], list[tuple[str, torch.Tensor]]]
 FIX = "copy the complete checkpoint (config.json, every weight shard and its index) into that folder"
 
 
-def read_json(path: Path) -> dict:
+def read_json(path: Path, optional: bool = False) -> dict:
     """A checkpoint's JSON file (config.json, generation_config.json, ...) as a dict; anything else is an InputError
-    naming the file."""
+    naming the file. `optional`: a file the checkpoint leaves out reads as {}."""
+    if optional and not Path(path).is_file():
+        return {}
     try:
         data = json.loads(Path(path).read_text())
     except ValueError as e:
@@ -52,6 +56,30 @@ def weight_files(folder: Path) -> list[Path]:
         if files:
             return files
     raise MissingFileError(f"{folder}: no weights (model.safetensors, model-*.safetensors or pytorch_model*.bin); {FIX}")
+
+
+def checked_weights(folder: Path, shapes: dict[str, tuple[int, ...]], model: str,
+                    optional: Callable[[str], object] = lambda name: False, foreign: str = "an adapter or another model",
+                    explain: dict[str, str] | None = None) -> list[Path]:
+    """The weight files of the checkpoint in `folder` (`weight_files`), their tensor names checked against `shapes`
+    (the family's layout, from config.json): none missing but those `optional` allows, none unexpected. Else an
+    InputError on the first: `model` names the family in the fix, `foreign` what an unexpected tensor may be, and
+    `explain` holds the message for an unexpected tensor of that name."""
+    files, explain = weight_files(folder), explain or {}
+    names = tensor_names(files)
+    missing = sorted(k for k in set(shapes) - set(names) if not optional(k))
+    unexpected = sorted(set(names) - set(shapes))
+    if missing:
+        raise InputError(f"{folder}: the weights lack {missing[0]} ({len(missing)} tensors missing): an incomplete "
+                         f"or different checkpoint; copy every weight shard of the {model} model there")
+    for name in unexpected:
+        if name in explain:
+            raise InputError(f"{folder}/{names[name].name}: {explain[name]}")
+    if unexpected:
+        raise InputError(f"{folder}/{names[unexpected[0]].name}: unexpected tensor {unexpected[0]} "
+                         f"({len(unexpected)} not in {model}'s layout, e.g. {foreign}); "
+                         f"convert the plain {model} checkpoint (merge adapters into it first)")
+    return files
 
 
 def _load_bin(path: Path) -> dict[str, torch.Tensor]:
@@ -148,3 +176,49 @@ def convert_shards(files: list[Path], mapper: Mapper, out: Path, shapes: dict[st
         index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
         (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
     return total
+
+
+# --- the rest of the converted folder ------------------------------------------------------------------------------
+# the settings LlamaConfig takes under the names InternLM2's and Baichuan2's config.json give them too
+LLAMA_KEYS = ["vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+              "hidden_act", "max_position_embeddings", "rms_norm_eps", "bos_token_id", "eos_token_id", "pad_token_id"]
+
+
+def native_config(cls: type, source: dict[str, Any], **settings):
+    """The transformers config `cls` (`LlamaConfig`, `GlmConfig`) of `settings` as a converter writes it: the KV
+    cache on, its `...ForCausalLM` class as the architecture, and the dtype `source` (the checkpoint's config.json or
+    its settings) names as torch_dtype or dtype (else float32)."""
+    config = cls(**settings, use_cache=True)
+    config.architectures = [cls.__name__.removesuffix("Config") + "ForCausalLM"]
+    config.dtype = source.get("torch_dtype") or source.get("dtype") or "float32"
+    return config
+
+
+def native_llama_config(c: dict[str, Any], **settings):
+    """The `LlamaConfig` of settings `c` named as LLaMA names them (`LLAMA_KEYS`), with whole heads and no MLP bias;
+    `settings`: what the family decides (key/value heads, attention bias, tied embeddings, the rope)."""
+    from transformers import LlamaConfig
+
+    return native_config(LlamaConfig, c, **{k: c[k] for k in LLAMA_KEYS},
+                         head_dim=c["hidden_size"] // c["num_attention_heads"], mlp_bias=False, **settings)
+
+
+def eos_and_pad(gen: dict[str, Any], eos: int | list[int], ends: list[int], pad: int | None) -> dict[str, Any]:
+    """A generation config of only the token ids (decoding settings are r2gen's `generate.*`): the eos ids of `gen`
+    (the checkpoint's generation_config.json; else `eos`), then `ends` (where the family's chat() also stops), each
+    once; and `pad`."""
+    first = gen.get("eos_token_id", eos)
+    first = [first] if isinstance(first, int) else list(first)
+    return {"eos_token_id": list(dict.fromkeys(first + ends)), "pad_token_id": pad}
+
+
+def write_folder(out: Path, files: list[Path], mapper: Mapper, shapes: dict[str, tuple[int, ...]], config, tokenizer,
+                 generation: dict[str, Any]) -> None:
+    """Write the converted folder into `out`: the weights of `files` renamed by `mapper` (`convert_shards`), the
+    native `config`, the `tokenizer`, and generation_config.json holding `generation`."""
+    from transformers import GenerationConfig
+
+    convert_shards(files, mapper, out, shapes)
+    config.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    GenerationConfig.from_dict(generation).save_pretrained(out)
