@@ -22,15 +22,11 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
-from typing import Any
 
+from r2gen.data.splits import SPLIT_NAMES, SPLITS, Studies
 from r2gen.errors import ConfigError, InputError, MissingFileError
 
-SPLITS = ("train", "val", "test")
 FORMATS = {".json": "r2gen", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
-SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validate": "val", "validation": "val", "test": "test"}
-
-Studies = dict[str, list[dict[str, Any]]]
 
 
 def read_studies(cfg, splits: tuple[str, ...] = SPLITS) -> Studies:

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from r2gen.data.annotations import SPLITS, Studies
 from r2gen.data.images import image_problem
+from r2gen.data.splits import SPLITS, Studies
 from r2gen.errors import ConfigError, InputError, MissingFileError
 
 log = logging.getLogger(__name__)
