@@ -21,8 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 from r2gen import build
 from r2gen.boundary import module_main
 from r2gen.errors import UserError
-from r2gen.models.lm import generation_config, load_lm, quantization_config
-from r2gen.models.prompt import Prompt, ReportTargets, assemble
+from r2gen.models.lm import generation_config, is_encoder_decoder, load_lm, quantization_config
+from r2gen.models.prompt import Prompt, ReportTargets, decode_reports, lm_inputs
 from r2gen.models.trainable import apply_lm_training
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,7 @@ def verify(cfg: DictConfig, lm_path: str | None = None, max_new_tokens: int = 8,
     n_params = sum(p.numel() for p in model.parameters())
     report: dict[str, Any] = {
         "name_or_path": str(lm_path), "class": type(model).__name__, "model_type": text_cfg.model_type,
+        "kind": "encoder-decoder (the prompt and image in its encoder)" if is_encoder_decoder(model) else "decoder-only",
         "hidden_size": text_cfg.hidden_size, "vocab_size (config)": text_cfg.vocab_size,
         "embedding rows": emb.num_embeddings, "tokenizer size": len(tok),
         "pad": _token(tok, "pad"), "bos": _token(tok, "bos"), "eos": _token(tok, "eos"), "unk": _token(tok, "unk"),
@@ -89,7 +90,8 @@ def verify(cfg: DictConfig, lm_path: str | None = None, max_new_tokens: int = 8,
     }
 
     with stage("building the prompt (lm.prompt, lm.add_bos)"):
-        prompt = Prompt(tok, cfg.lm.prompt.text, cfg.lm.prompt.template, cfg.lm.add_bos)
+        encoder_decoder = is_encoder_decoder(model)
+        prompt = Prompt(tok, cfg.lm.prompt.text, cfg.lm.prompt.template, cfg.lm.add_bos, encoder_decoder)
         report["prompt tokens"] = f"{len(prompt.prefix)} before the image, {len(prompt.suffix)} after"
         report["prompt starts with bos"] = bool(prompt.prefix[:1]) and prompt.prefix[0] == tok.bos_token_id
 
@@ -102,8 +104,7 @@ def verify(cfg: DictConfig, lm_path: str | None = None, max_new_tokens: int = 8,
     with stage("running a forward and backward with labels"):
         model.train()
         t = ReportTargets(tok, cfg.data.max_report_tokens).tensors(REPORTS)  # as the collator gives them
-        inputs, attn, labels = assemble(embed, prompt, img, mask, t["target_ids"], t["target_lengths"], "right")
-        loss = model(inputs_embeds=inputs, attention_mask=attn, labels=labels).loss
+        loss = model(**lm_inputs(embed, prompt, img, mask, t["target_ids"], t["target_lengths"], encoder_decoder)).loss
         if loss is None or not torch.isfinite(loss):
             raise VerifyError(f"verify failed: the LM's loss is {loss}; try lm.dtype=float32 or bfloat16 (float16 overflows)")
         loss.backward()
@@ -117,12 +118,12 @@ def verify(cfg: DictConfig, lm_path: str | None = None, max_new_tokens: int = 8,
         gen.max_new_tokens = min(gen.max_new_tokens or max_new_tokens, max_new_tokens)
         gen.min_new_tokens = min(gen.min_new_tokens or 0, gen.max_new_tokens)
         with torch.no_grad():
-            inputs, attn = assemble(embed, prompt, img.detach(), mask, padding_side="left")
-            out = model.generate(inputs_embeds=inputs, attention_mask=attn, generation_config=gen)
-        texts = tok.batch_decode(out, skip_special_tokens=True)  # new tokens only (inputs_embeds)
+            out = model.generate(**lm_inputs(embed, prompt, img.detach(), mask, encoder_decoder=encoder_decoder),
+                                 generation_config=gen)
+        texts = decode_reports(tok, out, lambda t: t, encoder_decoder)
         if len(texts) != 2 * (gen.num_return_sequences or 1):
             raise VerifyError(f"verify failed: generate returned {len(texts)} sequences for 2 studies")
-        report["generate"] = f"num_beams={gen.num_beams}, {out.shape[1]} new tokens"
+        report["generate"] = f"num_beams={gen.num_beams}, {out.shape[1] - encoder_decoder} new tokens"
         report["generated (untrained)"] = [t[:60] for t in texts]
     return report
 

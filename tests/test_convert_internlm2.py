@@ -20,7 +20,7 @@ from r2gen.convert import convert, detect, ensure_converted
 from r2gen.convert.__main__ import main as convert_cli
 from r2gen.convert.internlm2 import llama_config, settings, source_shapes, tensor_mapper
 from r2gen.errors import ConfigError, InputError, MissingFileError
-from r2gen.models.lm import check_causal_lm, load_tokenizer
+from r2gen.models.lm import lm_kind, load_tokenizer
 
 from .helpers.cli import run_cli
 from .helpers.config import SMALL_NO_BUILD
@@ -318,7 +318,7 @@ def test_folder_without_lm_convert_names_the_conversion(make_cfg):
     fix = (f"lm.name_or_path={SOURCE} is an InternLM2ForCausalLM checkpoint (model_type 'internlm2'), whose own code "
            f"does not run under transformers 5: add lm.convert=internlm2 (or use lm=internlm2-7b), or python -m "
            f"r2gen.convert internlm2 {SOURCE} <out>")
-    for load in (check_causal_lm, load_tokenizer):  # not "trust_remote_code" nor "tiktoken is required"
+    for load in (lm_kind, load_tokenizer):  # not "trust_remote_code" nor "tiktoken is required"
         with pytest.raises(ConfigError) as e:
             load(str(SOURCE))
         assert str(e.value) == fix

@@ -1,9 +1,10 @@
-"""Family files say only what differs: every `conf/lm/*.yaml` extends `conf/lm/_base/causal_lm.yaml`, composes with
+"""Family files say only what differs: every `conf/lm/*.yaml` extends `conf/lm/_base/lm.yaml`, composes with
 all of its keys, and states no key at the base's own value, so a family that differs only in its hub id is a file of
 a few lines."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -13,10 +14,12 @@ from omegaconf import OmegaConf
 
 from r2gen.conf import CONF_DIR
 
+from .helpers.paths import ROOT
+
 LM_DIR = CONF_DIR / "lm"
-BASE = LM_DIR / "_base" / "causal_lm.yaml"
+BASE = LM_DIR / "_base" / "lm.yaml"
 LM_NAMES = sorted(p.stem for p in LM_DIR.glob("*.yaml"))  # the lm= choices; the base lies in a subfolder
-EXTENDS = ["_base/causal_lm@_here_", "_self_"]  # the base's keys into lm, then the family's own on top
+EXTENDS = ["_base/lm@_here_", "_self_"]  # the base's keys into lm, then the family's own on top
 FEW_LINES = 6  # header comments (what it is, its command, its tokenizer), the defaults line, name_or_path
 
 
@@ -61,6 +64,16 @@ def test_family_states_only_what_differs_from_the_base(name):
 
 def test_hub_id_only_families_are_a_few_lines():
     hub_only = [n for n in LM_NAMES if set(raw(LM_DIR / f"{n}.yaml")) == {"defaults", "name_or_path"}]
-    assert len(hub_only) >= 8, hub_only  # llama2-7b, llama3-8b, mistral-7b, qwen2(.5)-7b, yi-6b, gemma-2b, stablelm-3b
+    assert len(hub_only) >= 7, hub_only  # llama2-7b, llama3-8b, mistral-7b, qwen2(.5)-7b, yi-6b, gemma-2b
     long = {n: k for n in hub_only if (k := len((LM_DIR / f"{n}.yaml").read_text().splitlines())) > FEW_LINES}
     assert not long, f"hub-id-only families longer than {FEW_LINES} lines: {long}"
+
+
+def test_the_readme_backbone_table_names_every_config():
+    """Each `lm=` choice has its row (how it was tested) in the README's backbone table, and the table names none
+    that does not exist."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Language models", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("|") for line in section.splitlines() if line.startswith("| ") and "`lm=`" not in line]
+    named = {name for row in rows for name in re.findall(r"`([\w.-]+)`", row[2])}
+    assert named == set(LM_NAMES) and all(row[6].strip() for row in rows)

@@ -40,7 +40,7 @@ def test_lm_yaml_composes_with_the_allowed_keys(make_cfg, name):
     assert lm.attn_implementation == "auto" or lm.trust_remote_code  # a fixed choice only for remote code
     assert lm.device_map is None
     assert lm.pad_token in ("auto", "keep", "eos", "unk", "add") or isinstance(lm.pad_token, int)
-    assert lm.add_bos in ("auto", True, False)
+    assert lm.add_bos in ("auto", "named", True, False)
     assert set(lm.lora) == {"r", "alpha", "dropout", "target_modules"} and lm.lora.r == 0
     assert list(lm.lora.target_modules) and all(isinstance(t, str) for t in lm.lora.target_modules)
     assert set(lm.prompt) == {"template", "text"} and lm.prompt.template in ("plain", "chat")
@@ -89,8 +89,11 @@ def test_family_trains_and_beam_generates(make_cfg, family_dirs, family):
     want_pad = {"eos": tok.eos_token_id, "unk": tok.unk_token_id}.get(policy, tok.pad_token_id)
     assert tok.pad_token_id is not None and tok.pad_token_id == want_pad
     assert m.lm_model.config.pad_token_id == tok.pad_token_id == m.gen_config.pad_token_id
-    # add_bos=auto starts the prompt as the family's tokenizer starts a text: with its BOS where it adds one
-    if family not in ADDS_BOS or lm_cfg.add_bos is False:
+    # add_bos=auto starts the prompt as the family's tokenizer starts a text: with its BOS where it adds one;
+    # named: with the BOS it names (GPT-2's <|endoftext|>)
+    bos_first = lm_cfg.add_bos is True or (lm_cfg.add_bos == "named" and special["bos_token"] is not None) or \
+        (lm_cfg.add_bos == "auto" and family in ADDS_BOS)
+    if not bos_first:
         assert tok.bos_token_id is None or m.prompt.prefix[:1] != [tok.bos_token_id]
     else:
         assert m.prompt.prefix[0] == tok.bos_token_id and m.prompt.prefix[1] != tok.bos_token_id

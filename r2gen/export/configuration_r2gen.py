@@ -22,7 +22,8 @@ class R2GenConfig(PretrainedConfig):
         `generate_reports(**kwargs)` overrides keys
     sampling: the LM checkpoint's own sampling values (temperature, top_p, ...), used when `generate_reports` is asked
         `do_sample=True` and the stored config does not sample (a key passed to it still wins)
-    lm_config: the causal LM's own config (`to_dict()`, with its `model_type`): built with `from_config`
+    lm_config: the LM's own config (`to_dict()`, with its `model_type`): built with `from_config` (of
+        `AutoModelForSeq2SeqLM` where it `is_encoder_decoder`)
     lm_attn_implementation: the attention the run's LM config named (None: transformers' default, e.g. sdpa)
     batch_size: studies per generation batch (the run's `data.eval_batch_size`: batches pad alike)
     """

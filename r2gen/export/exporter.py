@@ -4,8 +4,8 @@
 `part=all` writes the Hugging Face folder through the exported classes (`write_model`): `config.json`
 (`model_type: r2gen`, an `auto_map` to the code in the folder), the code (`EXPORTED`), `model.safetensors`
 (encoder, projection, norm and LM, any LoRA merged) and the tokenizer. `part=lm` writes the LM alone, LoRA merged,
-as a plain folder of its own architecture (`AutoModelForCausalLM` loads it without peft or remote code), with its
-tokenizer. Either gets a model card (r2gen.export.model_card).
+as a plain folder of its own architecture (`AutoModelForCausalLM`, or for a T5-style LM `AutoModelForSeq2SeqLM`, loads
+it without peft or remote code), with its tokenizer. Either gets a model card (r2gen.export.model_card).
 
 Quantized LMs (`quant=4bit|8bit`) are refused: the export holds full-precision weights, which the run never used;
 `quant=none` on the command line merges the adapters into the LM's full-precision weights instead (its reports
@@ -82,7 +82,7 @@ def export(cfg: DictConfig, overrides: list[str] | None = None) -> Path:
             lm.generation_config = model.gen_config  # how the run decoded, not the checkpoint's own sampling file
             lm.save_pretrained(tmp)
             model.tokenizer.save_pretrained(tmp)
-            (tmp / "README.md").write_text(lm_card(run, Path(str(cfg.ckpt))))
+            (tmp / "README.md").write_text(lm_card(run, Path(str(cfg.ckpt)), model.encoder_decoder))
         else:
             write_model(model, lm, run, tmp)
             (tmp / "README.md").write_text(model_card(run, Path(str(cfg.ckpt)), tmp))

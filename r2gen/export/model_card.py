@@ -139,13 +139,16 @@ def model_card(run: DictConfig, ckpt: Path, folder: Path) -> str:
     return "\n".join(lines)
 
 
-def lm_card(run: DictConfig, ckpt: Path) -> str:
-    """The card of a `part=lm` folder: the LM alone, which writes no report from an image."""
+def lm_card(run: DictConfig, ckpt: Path, encoder_decoder: bool = False) -> str:
+    """The card of a `part=lm` folder: the LM alone, which writes no report from an image; `encoder_decoder`: a
+    T5-style LM, which `AutoModelForSeq2SeqLM` loads."""
+    what, auto = ("the encoder-decoder LM", "AutoModelForSeq2SeqLM") if encoder_decoder else \
+        ("the causal LM", "AutoModelForCausalLM")
     return "\n".join([
         "---", "library_name: transformers", "---", "",
         f"# The language model of an r2gen report generator ({run.data.name})", "",
         f"Exported by r2gen (`python -m r2gen.export part=lm`) from `{ckpt.name}` of the run `{ckpt.parent.parent.name}`: "
-        f"the causal LM alone, with any LoRA adapters merged; load it with `AutoModelForCausalLM.from_pretrained` "
+        f"{what} alone, with any LoRA adapters merged; load it with `{auto}.from_pretrained` "
         f"(no peft, no remote code). Without the image encoder and projection it writes no report from an image.", "",
         _training(run)[1], "", "## Licence", "",
         f"This is {_lm_name(run)} after training: its licence applies.", ""])

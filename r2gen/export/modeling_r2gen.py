@@ -8,11 +8,11 @@ Exported by r2gen (`python -m r2gen.export ckpt=... out=...`) and loaded without
 
 The pipeline is r2gen's own, file for file: images are read by `images.py` (PNG, JPEG, DICOM), resized and
 normalised by `transform.py`, encoded and their views fused by `encoder.py` (a timm model), projected into the LM's
-embedding space (`lm_proj` + `lm_norm`), placed between the prompt's token ids and left-padded by `prompt.py`, and
-the causal LM generates; the text is decoded without special tokens, cleaned and detokenized by `clean.py` (the
-report as people read it: `no pneumothorax.`). Those files are
-copied verbatim from r2gen; this one holds what r2gen's LightningModule does around them. LoRA adapters were merged
-into the weights at export, so neither peft nor r2gen is needed.
+embedding space (`lm_proj` + `lm_norm`), placed between the prompt's token ids and padded by `prompt.py`, and
+the LM generates (a causal LM after the prompt; an encoder-decoder such as T5 reads it in its encoder); the text
+is decoded without special tokens, cleaned and detokenized by `clean.py` (the report as people read it:
+`no pneumothorax.`). Those files are copied verbatim from r2gen; this one holds what r2gen's LightningModule does
+around them. LoRA adapters were merged into the weights at export, so neither peft nor r2gen is needed.
 """
 
 from __future__ import annotations
@@ -24,13 +24,20 @@ from types import SimpleNamespace
 import torch
 from PIL import Image
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    GenerationConfig,
+    PreTrainedModel,
+)
 
 from .clean import get_cleaner
 from .configuration_r2gen import R2GenConfig
 from .encoder import ImageEncoder
 from .images import load_image, to_rgb
-from .prompt import assemble, decode_reports
+from .prompt import decode_reports, lm_inputs
 from .transform import image_transform
 
 # Arguments of `from_pretrained` that also say where the tokenizer files are.
@@ -53,7 +60,9 @@ class R2GenModel(PreTrainedModel):
             m._non_persistent_buffers_set.clear()  # load would otherwise leave them uninitialised
         lm_config = AutoConfig.for_model(**config.lm_config)
         kwargs = {"attn_implementation": config.lm_attn_implementation} if config.lm_attn_implementation else {}
-        self.lm_model = AutoModelForCausalLM.from_config(lm_config, **kwargs)
+        self.encoder_decoder = bool(getattr(lm_config, "is_encoder_decoder", False))
+        auto = AutoModelForSeq2SeqLM if self.encoder_decoder else AutoModelForCausalLM
+        self.lm_model = auto.from_config(lm_config, **kwargs)
         self.lm_model.generation_config = GenerationConfig.from_dict(config.generate)
         hidden = self.lm_model.config.get_text_config().hidden_size
         self.lm_proj = nn.Linear(self.encoder.num_features, hidden)
@@ -124,7 +133,7 @@ class R2GenModel(PreTrainedModel):
             images, view_mask = self.preprocess(studies[i : i + batch_size])
             img, mask = self(images.to(self.lm_proj.weight.device, self.lm_proj.weight.dtype),
                              view_mask.to(self.lm_proj.weight.device))
-            inputs, attn = assemble(embed, prompt, img, mask, padding_side="left")
-            out = self.lm_model.generate(inputs_embeds=inputs, attention_mask=attn, generation_config=gen)
-            reports += decode_reports(self.tokenizer, out, self.clean)  # new tokens only (inputs_embeds)
+            inputs = lm_inputs(embed, prompt, img, mask, encoder_decoder=self.encoder_decoder)
+            out = self.lm_model.generate(**inputs, generation_config=gen)
+            reports += decode_reports(self.tokenizer, out, self.clean, self.encoder_decoder)
         return reports

@@ -1,5 +1,10 @@
-"""Load any causal LM and its tokenizer from config: pad-token policy, dtype, attention, device map, quantization,
-remote code, generate kwargs.
+"""Load any causal LM, or any text-to-text encoder-decoder (T5, Flan-T5, BART), and its tokenizer from config:
+pad-token policy, dtype, attention, device map, quantization, remote code, generate kwargs.
+
+Which of the two a folder is, is read from its config.json (`lm_kind`) before any weights are loaded: a decoder-only
+LM loads with `AutoModelForCausalLM` and writes the report after the prompt; an encoder-decoder loads with
+`AutoModelForSeq2SeqLM`, reads the prompt with the image tokens in its encoder and writes the report with its
+decoder (r2gen.models.prompt says how each is fed).
 
 Nothing here names a model family: what differs between families is said in `conf/lm/*.yaml`. How reports are decoded
 is said by the `generate` group alone: a checkpoint's own `generation_config.json` (a chat model's sampling settings,
@@ -19,9 +24,18 @@ import torch
 import transformers
 from omegaconf import OmegaConf
 from pytorch_lightning.utilities import rank_zero_info
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    GenerationConfig,
+)
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
-from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+from transformers.models.auto.modeling_auto import (
+    MODEL_FOR_CAUSAL_LM_MAPPING,
+    MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING,
+)
 
 from r2gen.conf import CONF_DIR
 from r2gen.convert.registry import detect
@@ -30,6 +44,8 @@ from r2gen.errors import ConfigError, InputError
 log = logging.getLogger(__name__)
 
 PAD_POLICIES = "auto, keep, eos, unk, add or an integer token id"
+CAUSAL, SEQ2SEQ = "causal", "seq2seq"  # the two kinds of LM (`lm_kind`)
+AUTO_CLASS = {CAUSAL: AutoModelForCausalLM, SEQ2SEQ: AutoModelForSeq2SeqLM}
 
 
 def _remote_code_refused(e: ValueError, path: str) -> ConfigError | None:
@@ -150,7 +166,8 @@ def auto_attention(setting: str | None, path: str, dtype: str | None, trust_remo
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError):  # the load itself will say what is wrong with the folder
         return None
-    cls = MODEL_FOR_CAUSAL_LM_MAPPING.get(type(config), None)  # None for remote code: its own attention
+    mapping = MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING if config.is_encoder_decoder else MODEL_FOR_CAUSAL_LM_MAPPING
+    cls = mapping.get(type(config), None)  # None for remote code: its own attention
     resolved = _dtype(dtype)
     if resolved == "auto":
         resolved = getattr(config.get_text_config(), "dtype", None) or getattr(config, "torch_dtype", None)
@@ -184,34 +201,46 @@ def quantization_config(quant_cfg, lm_cfg):
     return instantiate(quant_cfg)
 
 
-def check_causal_lm(path: str, trust_remote_code: bool = False) -> None:
-    """Fail, naming what the folder is, unless `AutoModelForCausalLM` loads its config as a decoder-only LM: read from
-    config.json alone, before any weights. An encoder-decoder (T5, BART, Whisper) is refused even where transformers
-    has a `...ForCausalLM` class for it: that class keeps the decoder and drops the encoder's weights."""
+def lm_kind(path: str, trust_remote_code: bool = False) -> str:
+    """`CAUSAL` or `SEQ2SEQ`, read from config.json alone, before any weights; anything else fails naming what the
+    folder is. A decoder-only LM is what `AutoModelForCausalLM` loads (or, trusted, one whose own code names it in
+    its auto_map); a text-to-text encoder-decoder (T5, BART, Pegasus) is what `AutoModelForSeq2SeqLM` loads. An
+    encoder-decoder is never taken as a causal LM even where transformers has a `...ForCausalLM` class for it: that
+    class keeps the decoder and drops the encoder's weights. A speech or vision encoder-decoder (Whisper, Donut) is
+    refused: its encoder does not read text embeddings."""
     if (needed := _needs_conversion(path)) is not None:
         raise needed
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except OSError as e:  # no config.json, or a hub id offline: the tokenizer's load says the same for a typo
         raise InputError(f"lm.name_or_path={path!r}: no model config (config.json) could be read from this folder or "
-                         f"hub id; point it at a causal LM's save_pretrained folder. Cause: {str(e).splitlines()[0]}"
+                         f"hub id; point it at an LM's save_pretrained folder. Cause: {str(e).splitlines()[0]}"
                          ) from None
     except ValueError as e:  # remote code not trusted, or a model_type this transformers does not know
         refused = _remote_code_refused(e, path)
         if refused is not None:
             raise refused from None
         raise InputError(f"lm.name_or_path={path!r}: transformers cannot read its config.json ({str(e).splitlines()[0]}); "
-                         f"r2gen loads a causal LM that AutoModelForCausalLM loads (or, with lm.trust_remote_code=true, "
-                         f"one whose own code names AutoModelForCausalLM in its auto_map)") from None
-    remote = trust_remote_code and "AutoModelForCausalLM" in (getattr(config, "auto_map", None) or {})
-    if remote or (type(config) in MODEL_FOR_CAUSAL_LM_MAPPING and not config.is_encoder_decoder):
-        return
+                         f"r2gen loads an LM that AutoModelForCausalLM or AutoModelForSeq2SeqLM loads (or, with "
+                         f"lm.trust_remote_code=true, one whose own code names one of them in its auto_map)") from None
+    auto_map = (getattr(config, "auto_map", None) or {}) if trust_remote_code else {}
+    encoder_decoder = bool(getattr(config, "is_encoder_decoder", False))
+    if encoder_decoder and (type(config) in MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING or "AutoModelForSeq2SeqLM" in auto_map):
+        return SEQ2SEQ
+    if not encoder_decoder and (type(config) in MODEL_FOR_CAUSAL_LM_MAPPING or "AutoModelForCausalLM" in auto_map):
+        return CAUSAL
     archs = ", ".join(getattr(config, "architectures", None) or []) or "no architectures listed"
-    kind = "an encoder-decoder model" if config.is_encoder_decoder else "not a causal LM AutoModelForCausalLM loads"
+    kind = ("an encoder-decoder whose encoder does not read text (AutoModelForSeq2SeqLM does not load it)"
+            if encoder_decoder else "not an LM that AutoModelForCausalLM loads")
     raise InputError(f"lm.name_or_path={path!r} is a {config.model_type!r} model ({archs}): {kind}. r2gen needs a "
-                     f"decoder-only causal LM that AutoModelForCausalLM loads (llama, qwen2, mistral, gpt2, ...), or one "
-                     f"with its own code (auto_map AutoModelForCausalLM) with lm.trust_remote_code=true; choose such a "
-                     f"checkpoint")
+                     f"decoder-only causal LM (llama, qwen2, mistral, gpt2, ...) or a text-to-text encoder-decoder "
+                     f"(t5, bart, ...), or one with its own code (auto_map AutoModelForCausalLM or "
+                     f"AutoModelForSeq2SeqLM) with lm.trust_remote_code=true; choose such a checkpoint")
+
+
+def is_encoder_decoder(model) -> bool:
+    """Whether a loaded LM (peft-wrapped or not) reads the prompt in an encoder and writes with a decoder."""
+    return bool(getattr(model.config, "is_encoder_decoder", False))
 
 
 def check_supported(lm_cfg) -> None:
@@ -222,10 +251,11 @@ def check_supported(lm_cfg) -> None:
 
 
 def load_lm(lm_cfg, quantization_config=None, path: str | None = None):
-    """(model, tokenizer) as `lm_cfg` says, via `AutoModelForCausalLM.from_pretrained` (from `path` if given)."""
+    """(model, tokenizer) as `lm_cfg` says (from `path` if given), via `AutoModelForCausalLM.from_pretrained` or, for
+    an encoder-decoder, `AutoModelForSeq2SeqLM.from_pretrained` (`lm_kind`)."""
     path = str(path or lm_cfg.name_or_path)
     check_supported(lm_cfg)
-    check_causal_lm(path, bool(lm_cfg.trust_remote_code))  # before the tokenizer and the weights
+    kind = lm_kind(path, bool(lm_cfg.trust_remote_code))  # before the tokenizer and the weights
     tokenizer = load_tokenizer(path, bool(lm_cfg.trust_remote_code))
     added = apply_pad_policy(tokenizer, lm_cfg.pad_token)
     if tokenizer.eos_token_id is None:
@@ -239,7 +269,7 @@ def load_lm(lm_cfg, quantization_config=None, path: str | None = None):
     if quantization_config is not None:
         kwargs["quantization_config"] = quantization_config
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        model = AUTO_CLASS[kind].from_pretrained(path, **kwargs)
     except ValueError as e:
         raise (_remote_code_refused(e, path) or e) from None
     if added:
@@ -315,6 +345,10 @@ def generation_config(model, tokenizer, kwargs: dict[str, Any]) -> GenerationCon
     gen.pad_token_id = tokenizer.pad_token_id
     gen.eos_token_id = stop_ids(kwargs["eos_token_id"] if "eos_token_id" in kwargs else own_eos, tokenizer)
     gen.bos_token_id = tokenizer.bos_token_id
+    if is_encoder_decoder(model):  # where its decoder starts (T5: <pad>, BART: </s>): the model's, not a choice
+        start = getattr(model.generation_config, "decoder_start_token_id", None) \
+            if model.generation_config is not None else None
+        gen.decoder_start_token_id = start if start is not None else model.config.decoder_start_token_id
     defaults = GenerationConfig._get_default_generation_params()  # what `generate` fills in for an unset key
 
     def used(key: str) -> Any:

@@ -1,4 +1,5 @@
-"""The report-generation LightningModule: timm encoder -> `lm_proj` (+ LayerNorm) -> causal LM.
+"""The report-generation LightningModule: timm encoder -> `lm_proj` (+ LayerNorm) -> LM (a decoder-only causal LM,
+or a text-to-text encoder-decoder such as T5: r2gen.models.lm).
 
 What trains is set by config: `align.encoder` (frozen / lora / full: R2GenGPT's shallow / delta / deep) and,
 independently, `lm.freeze` and `lm.lora`. Checkpoints keep only what cannot be rebuilt from the config
@@ -22,8 +23,8 @@ from r2gen.checkpoint import payload
 from r2gen.errors import InputError
 from r2gen.models.encoder import ImageEncoder
 from r2gen.models.finding_loss import FindingHead
-from r2gen.models.lm import generation_config, load_lm, quantization_config
-from r2gen.models.prompt import Prompt, assemble, decode_reports
+from r2gen.models.lm import generation_config, is_encoder_decoder, load_lm, quantization_config
+from r2gen.models.prompt import Prompt, decode_reports, lm_inputs
 from r2gen.models.trainable import apply_align, apply_lm_training, count_params
 
 log = logging.getLogger(__name__)
@@ -55,14 +56,16 @@ class R2GenModule(pl.LightningModule):
         self.encoder = image_encoder(cfg)  # first: a random initialisation depends on the seed alone
         quant = quantization_config(cfg.quant, cfg.lm)  # None unless quant=4bit|8bit
         self.lm_model, self.tokenizer = load_lm(cfg.lm, quant, path=lm_path)
+        self.encoder_decoder = is_encoder_decoder(self.lm_model)  # T5: the prompt and image go to its encoder
         text_cfg = self.lm_model.config.get_text_config()
-        hidden = text_cfg.hidden_size  # the projection is sized from the LM, whatever its family
+        hidden = text_cfg.hidden_size  # the projection is sized from the LM, whatever its family (T5: d_model)
         self.lm_proj = nn.Linear(self.encoder.num_features, hidden)
         self.lm_norm = nn.LayerNorm(hidden)
         # data.finding_loss > 0: the labeler's findings classified from the image tokens
         self.finding_head = FindingHead(self.encoder.num_features, len(finding_labels)) if finding_labels else None
         self.lm_identity = lm_identity
-        self.prompt = Prompt(self.tokenizer, cfg.lm.prompt.text, cfg.lm.prompt.template, cfg.lm.add_bos)
+        self.prompt = Prompt(self.tokenizer, cfg.lm.prompt.text, cfg.lm.prompt.template, cfg.lm.add_bos,
+                             self.encoder_decoder)
         self.gen_config = generation_config(self.lm_model, self.tokenizer,
                                             OmegaConf.to_container(cfg.generate, resolve=True))
         self.clean = clean
@@ -135,13 +138,13 @@ class R2GenModule(pl.LightningModule):
         return self.project(tokens), mask
 
     def losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """`lm`: causal-LM loss of the reports (`target_ids`, `target_lengths`: r2gen.data.collate) given the images
+        """`lm`: the LM's loss of the reports (`target_ids`, `target_lengths`: r2gen.data.collate) given the images
         (or their cached features); with `data.finding_loss`, `finding`: BCE of the labeler's findings
         (`finding_labels`) predicted from the mean image token; `loss`: lm + data.finding_loss * finding."""
         tokens, mask = self.image_tokens(batch.get("images"), batch["view_mask"], batch.get("features"))
-        inputs, attn, labels = assemble(self.embed, self.prompt, self.project(tokens), mask, batch["target_ids"],
-                                        batch["target_lengths"], "right")
-        out = {"lm": self.lm_model(inputs_embeds=inputs, attention_mask=attn, labels=labels).loss}
+        inputs = lm_inputs(self.embed, self.prompt, self.project(tokens), mask, batch["target_ids"],
+                           batch["target_lengths"], self.encoder_decoder)
+        out = {"lm": self.lm_model(**inputs).loss}
         out["loss"] = out["lm"]
         if self.finding_head is not None and "finding_labels" in batch:
             out["finding"] = self.finding_head.loss(tokens, mask, batch["finding_labels"])
@@ -159,9 +162,9 @@ class R2GenModule(pl.LightningModule):
         set's policy, then detokenized (`no pneumothorax.`; r2gen.data.clean). `self.clean` of one gives the text
         scoring sees (`no pneumothorax .`)."""
         img, mask = self.encode_images(images, view_mask, features)
-        inputs, attn = assemble(self.embed, self.prompt, img, mask, padding_side="left")
-        out = self.lm_model.generate(inputs_embeds=inputs, attention_mask=attn, generation_config=self.gen_config)
-        return decode_reports(self.tokenizer, out, self.clean)  # new tokens only (inputs_embeds)
+        inputs = lm_inputs(self.embed, self.prompt, img, mask, encoder_decoder=self.encoder_decoder)
+        out = self.lm_model.generate(**inputs, generation_config=self.gen_config)
+        return decode_reports(self.tokenizer, out, self.clean, self.encoder_decoder)
 
     # --- loops ---------------------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):

@@ -5,8 +5,12 @@ to the report people read (`decode_reports`: decoded, cleaned with the data set'
 token pads is the tokenizer's policy (`lm.pad_token`: r2gen.models.lm); how a report is cleaned is
 r2gen.data.clean.
 
-Training batches are right-padded to the longest sequence in the batch and labelled -100 everywhere but the
-report and its eos; generation batches are left-padded so every study's last prompt token sits at the end.
+A decoder-only LM reads `[bos] prefix <image tokens> suffix` and writes the report after it: training batches are
+right-padded to the longest sequence in the batch and labelled -100 everywhere but the report and its eos;
+generation batches are left-padded so every study's last prompt token sits at the end. An encoder-decoder (T5,
+BART) reads the same prompt, ended as its tokenizer ends a text, in its encoder (right-padded: it sees the whole
+input at once), and its decoder learns and writes the report alone (`lm_inputs`); what it generates starts with
+its decoder-start token, which `decode_reports` drops.
 
 Standalone: this file is copied verbatim into every exported model folder (r2gen.export.exporter.EXPORTED), which
 runs without r2gen, so it imports only the standard library, torch, torchvision, timm, transformers, numpy, Pillow,
@@ -123,6 +127,29 @@ def assemble(embed: Callable[[torch.Tensor], torch.Tensor], prompt: Prompt, imag
     return (inputs, mask, lab) if target_ids is not None else (inputs, mask)
 
 
+def lm_inputs(embed: Callable[[torch.Tensor], torch.Tensor], prompt: Prompt, image_tokens: torch.Tensor,
+              image_mask: torch.Tensor, target_ids: torch.Tensor | None = None,
+              target_lengths: torch.Tensor | None = None, encoder_decoder: bool = False) -> dict[str, torch.Tensor]:
+    """The keyword arguments the LM is called with: for training (with targets) its `forward`, whose `.loss` is the
+    report loss; without targets its `generate`. `inputs_embeds` and `attention_mask` always; `labels` with targets,
+    over the whole sequence for a decoder-only LM (-100 outside the report, `assemble`), over the report alone for an
+    encoder-decoder, whose decoder shifts them right itself."""
+    if not encoder_decoder:
+        if target_ids is None:
+            inputs, attn = assemble(embed, prompt, image_tokens, image_mask, padding_side="left")
+            return {"inputs_embeds": inputs, "attention_mask": attn}
+        inputs, attn, labels = assemble(embed, prompt, image_tokens, image_mask, target_ids, target_lengths, "right")
+        return {"inputs_embeds": inputs, "attention_mask": attn, "labels": labels}
+    inputs, attn = assemble(embed, prompt, image_tokens, image_mask, padding_side="right")
+    if target_ids is None:
+        return {"inputs_embeds": inputs, "attention_mask": attn}
+    lengths = target_lengths.to(inputs.device)
+    width = int(lengths.max())
+    labels = target_ids[:, :width].to(inputs.device).clone()
+    labels[torch.arange(width, device=inputs.device)[None] >= lengths[:, None]] = IGNORE
+    return {"inputs_embeds": inputs, "attention_mask": attn, "labels": labels}
+
+
 class ReportTargets:
     """Report text -> what the LM learns to write: the report's tokens, cut to `max_tokens - 1`, then eos."""
 
@@ -147,8 +174,10 @@ class ReportTargets:
                 "target_lengths": torch.tensor([len(t) for t in ids], dtype=torch.long)}
 
 
-def decode_reports(tokenizer, ids: torch.Tensor, clean: Callable[[str], str]) -> list[str]:
+def decode_reports(tokenizer, ids: torch.Tensor, clean: Callable[[str], str], encoder_decoder: bool = False) -> list[str]:
     """Generated token ids [B, N] -> reports as people read them: decoded without special tokens, cleaned with the
     data set's policy (`clean`), then detokenized (`no pneumothorax.`; r2gen.data.clean). `clean` of one gives the
-    text scoring sees (`no pneumothorax .`)."""
+    text scoring sees (`no pneumothorax .`). A decoder-only LM's `generate` from `inputs_embeds` returns the new
+    tokens only; an encoder-decoder's starts with its decoder-start token, dropped here."""
+    ids = ids[:, 1:] if encoder_decoder else ids
     return [detokenize(clean(t)) for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]

@@ -81,7 +81,8 @@ def apply_lm_training(lm: nn.Module, lm_cfg, quantized: bool = False) -> nn.Modu
         return lm
     from peft import get_peft_model
 
-    return get_peft_model(lm, _lora_config(lora, "lm.lora", task_type="CAUSAL_LM"))
+    task = "SEQ_2_SEQ_LM" if getattr(lm.config, "is_encoder_decoder", False) else "CAUSAL_LM"
+    return get_peft_model(lm, _lora_config(lora, "lm.lora", task_type=task))
 
 
 def count_params(module) -> dict[str, tuple[int, int]]:

@@ -55,7 +55,7 @@ ADDS_BOS = {"llama", "mistral", "gemma", "opt"}
 
 
 def lm_yaml(name: str) -> DictConfig:
-    """`lm=<name>` as Hydra composes it (a family file states only what differs from conf/lm/_base/causal_lm.yaml)."""
+    """`lm=<name>` as Hydra composes it (a family file states only what differs from conf/lm/_base/lm.yaml)."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose("config", overrides=[f"lm={name}"]).lm
