@@ -27,6 +27,8 @@ from r2gen.data.splits import SPLIT_NAMES, SPLITS, Studies
 from r2gen.errors import ConfigError, InputError, MissingFileError
 
 FORMATS = {".json": "r2gen", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
+# data.format of an official layout -> its reader `read(data_cfg, splits) -> Studies` (modules below this one)
+LAYOUTS: dict = {}
 
 
 def read_studies(cfg, splits: tuple[str, ...] = SPLITS) -> Studies:
@@ -34,6 +36,8 @@ def read_studies(cfg, splits: tuple[str, ...] = SPLITS) -> Studies:
     `cfg` is the `data` config node or a plain dict with the same keys. `splits`: the splits the caller needs
     (training: all three; evaluation: the one it scores); a split not needed may be absent from the files (its
     per-split file unset, its key missing from annotation.json) and is then empty."""
+    if cfg.get("format") in LAYOUTS:  # a data set's official layout, read by its own module
+        return LAYOUTS[cfg["format"]](cfg, splits)
     files = {s: cfg.get(f"{s}_file") for s in SPLITS}
     image_columns = list(cfg.get("image_columns") or ["image_path"])  # R2Gen's field name if the config has none
     if any(files.values()):

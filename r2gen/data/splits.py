@@ -9,4 +9,12 @@ SPLITS = ("train", "val", "test")
 # how data sets name their splits (MIMIC-CXR's split.csv says `validate`) -> r2gen's
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validate": "val", "validation": "val", "test": "test"}
 
+# {"train"|"val"|"test": [study]}. A study is a dict with at least "id" (str), "report" (the text the model learns
+# to write, as read) and "image_path" (a list of paths relative to data.image_dir, in the order the model takes
+# them: frontal first where a reader knows the views). Readers of the official layouts keep, where the data set
+# gives them, the context of issue 23 under these keys (a key absent or None: not known):
+#   "indication", "comparison": texts of those report sections; "view_positions": one per image_path entry
+#   ("PA", "AP", "LATERAL", "LL", ...); "subject_id": str; "study_time": ISO 8601 "YYYY-MM-DDTHH:MM:SS";
+#   "findings", "impression": the sections the target was chosen from (data.target).
 Studies = dict[str, list[dict[str, Any]]]
+CONTEXT_KEYS = ("indication", "comparison", "view_positions", "subject_id", "study_time", "findings", "impression")
