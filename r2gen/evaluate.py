@@ -23,7 +23,7 @@ from r2gen.data.clean import get_cleaner
 from r2gen.errors import ConfigError, InputError
 from r2gen.provenance import write_provenance
 from r2gen.scoring.callback import Evaluation
-from r2gen.scoring.policy import Scoring, score_records
+from r2gen.scoring.policy import Scoring, score_families
 from r2gen.scoring.predictions_file import match_split, read_predictions, reference_mismatches
 from r2gen.scoring.results import write_results
 
@@ -92,8 +92,8 @@ def score_predictions(cfg: DictConfig) -> dict[str, Any]:
         log.warning("predictions=%s: the reference of %d studies differs from data=%s's %s split (first: %s); "
                     "scored against the split's", cfg.predictions, len(differ), cfg.data.name, cfg.split,
                     ", ".join(differ[:5]))
-    scores = score_records(records, scoring)
-    write_results(build.output_dir(cfg), records, scores, meta, scoring)
+    scores, families = score_families(records, scoring)
+    write_results(build.output_dir(cfg), records, scores, meta, scoring, families)
     if coverage is not None and coverage.summary():
         print(coverage.summary() + "\n")
     return scores

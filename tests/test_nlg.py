@@ -189,10 +189,10 @@ class FakeMeteor:
         type(self).started += 1
         self._owner_pid = os.getpid()
 
-    def compute_score(self, gts, res):
+    def score_with_stats(self, gts, res):
         if self.fail:
             raise ValueError("could not convert string to float: ''")  # what a dead JVM looks like
-        return 0.25, [0.25] * len(res)
+        return 0.25, [0.25] * len(res), ["1 1 0 0 1 1 0 0" + " 0" * 12 + " 1 1 1"] * len(res)
 
     def close(self):
         type(self).closed += 1

@@ -18,7 +18,7 @@ import pytorch_lightning as pl
 import torch
 
 from r2gen.scoring.coverage import Coverage
-from r2gen.scoring.policy import Scoring, score_records
+from r2gen.scoring.policy import Scoring, score_families
 from r2gen.scoring.results import with_image_paths, write_results
 
 PROGRESS_BAR = ("score", "Bleu_4", "CIDEr")
@@ -29,6 +29,7 @@ class Evaluation(pl.Callback):
         self.scoring = scoring
         self.records: list[dict[str, str]] = []  # the last corpus: gathered, references as scored
         self.scores: dict[str, float] = {}  # its scores (every rank); empty after a sanity check
+        self.families: list = []  # its scores as per-study statistics (rank 0), for the test's intervals
         self._batches: list[dict[str, str]] = []
         self._results: tuple[Path, dict[str, Any], Any] | None = None
 
@@ -61,7 +62,7 @@ class Evaluation(pl.Callback):
                                        [str(r["id"]) for r in self.records], "not generated in the test loop")
                 meta = {**meta, "coverage": coverage.meta()}
             records = with_image_paths(self.records, dataset) if dataset is not None else self.records
-            write_results(out, records, self.scores, meta, self.scoring)
+            write_results(out, records, self.scores, meta, self.scoring, self.families)
             if coverage is not None and coverage.summary():
                 print(coverage.summary() + "\n")
 
@@ -80,7 +81,7 @@ class Evaluation(pl.Callback):
         self.records = self.scoring.prepare(records)  # references as scored (eval.references)
         scores: list[dict[str, float] | None] = [None]
         if trainer.is_global_zero and self.records and not trainer.sanity_checking:
-            scores[0] = score_records(self.records, self.scoring)
+            scores[0], self.families = score_families(self.records, self.scoring)
         if distributed:
             torch.distributed.broadcast_object_list(scores, src=0)
         self.scores = scores[0] or {}

@@ -64,6 +64,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Sequence
 
+import numpy as np
+
+from r2gen.scoring.additive import Family, label_family, prf, ratio, split_counts
+
 CHEXPERT_LABELS: tuple[str, ...] = (
     "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Enlarged Cardiomediastinum", "Fracture",
     "Lung Lesion", "Lung Opacity", "No Finding", "Pleural Effusion", "Pleural Other", "Pneumonia",
@@ -299,12 +303,6 @@ def to_binary(labels: dict[str, int | None], uncertain: str = "negative") -> dic
     return {k: 1 if labels.get(k) == POSITIVE else unc if labels.get(k) == UNCERTAIN else 0 for k in CHEXPERT_LABELS}
 
 
-def _prf(tp: int, fp: int, fn: int) -> tuple[float, float, float]:
-    p = tp / (tp + fp) if tp + fp else 0.0
-    r = tp / (tp + fn) if tp + fn else 0.0
-    return p, r, (2 * p * r / (p + r) if p + r else 0.0)
-
-
 def ce_scores(predictions: Sequence[str], references: Sequence[str], uncertain: str = "negative") -> dict[str, float]:
     """Clinical-efficacy scores: both sides labelled with `label_report`, then `ce_scores_from_labels`."""
     if len(predictions) != len(references):
@@ -315,34 +313,53 @@ def ce_scores(predictions: Sequence[str], references: Sequence[str], uncertain: 
 def ce_scores_from_labels(predicted: Sequence[dict[str, int | None]], reference: Sequence[dict[str, int | None]],
                           uncertain: str = "negative") -> dict[str, float]:
     """Clinical-efficacy scores of label sets from any CheXpert-style labeler (this one, or CheXbert), each
-    mapped with `to_binary(uncertain=...)`.
+    mapped with `to_binary(uncertain=...)`: `ce_family(...).scores()` (its docstring lists the keys)."""
+    return ce_family(predicted, reference, uncertain).scores()
 
-    Keys: "ce_precision_micro", "ce_recall_micro", "ce_f1_micro" (TP/FP/FN pooled over the 14 labels,
-    No Finding included); "ce_precision_macro", "ce_recall_macro", "ce_f1_macro" (unweighted means over the 14
-    labels of the per-label precision, recall and F1); "ce_precision_micro_5", "ce_recall_micro_5",
-    "ce_f1_micro_5" (pooled over `COMMON5`); and "ce_precision/<Label>", "ce_recall/<Label>", "ce_f1/<Label>"
-    per label. Zero division gives 0, as scikit-learn's `zero_division=0` (the CheXbert-style evaluation): a
-    label with no true and no predicted positive scores precision = recall = F1 = 0 and still counts in the
-    macro means, so identical predictions and references reach macro F1 = 1 only when every label occurs.
+
+def ce_family(predicted: Sequence[dict[str, int | None]], reference: Sequence[dict[str, int | None]],
+              uncertain: str = "negative") -> Family:
+    """The clinical-efficacy scores as per-study counts that add up (r2gen.scoring.additive), so a bootstrap
+    resample or a paired swap recomputes them exactly.
+
+    Keys, as the field reports them: "ce_{precision,recall,f1}_micro" (TP/FP/FN pooled over the 14 labels, No
+    Finding included) and "..._micro_5" (pooled over `COMMON5`); "..._macro" and "..._macro_5" (unweighted means
+    of the per-label precision, recall and F1 over the 14 / the 5 labels); "..._example" (example-based, as
+    CvT2DistilGPT2 and PromptMRG: per study, precision, recall and F1 of its positive labels, then the mean over
+    studies); "ce_{precision,recall,f1}/<Label>" per label. Zero division gives 0, as scikit-learn's
+    `zero_division=0` (the CheXbert-style evaluation): a label with no true and no predicted positive scores
+    precision = recall = F1 = 0 and still counts in the macro means, so identical predictions and references
+    reach macro F1 = 1 only when every label occurs; a study with no positive on either side scores 0 in the
+    example-based means.
     """
     if len(predicted) != len(reference):
         raise ValueError(f"{len(predicted)} predictions but {len(reference)} references")
-    pred = [to_binary(x, uncertain) for x in predicted]
-    ref = [to_binary(x, uncertain) for x in reference]
-    counts = {k: [0, 0, 0] for k in CHEXPERT_LABELS}  # tp, fp, fn
-    for p, r in zip(pred, ref, strict=True):
-        for k in CHEXPERT_LABELS:
-            c = counts[k]
-            c[0] += p[k] and r[k]
-            c[1] += p[k] and not r[k]
-            c[2] += r[k] and not p[k]
-    per = {k: _prf(*c) for k, c in counts.items()}
-    scores: dict[str, float] = {}
-    for suffix, keys in (("", CHEXPERT_LABELS), ("_5", COMMON5)):
-        p, r, f = _prf(*(sum(counts[k][i] for k in keys) for i in range(3)))
-        scores.update({f"ce_precision_micro{suffix}": p, f"ce_recall_micro{suffix}": r, f"ce_f1_micro{suffix}": f})
-    for i, name in enumerate(("precision", "recall", "f1")):
-        scores[f"ce_{name}_macro"] = sum(per[k][i] for k in CHEXPERT_LABELS) / len(CHEXPERT_LABELS)
-    for i, name in enumerate(("precision", "recall", "f1")):
-        scores.update({f"ce_{name}/{k}": per[k][i] for k in CHEXPERT_LABELS})
-    return scores
+    pred = np.array([[to_binary(x, uncertain)[k] for k in CHEXPERT_LABELS] for x in predicted], dtype=bool)
+    true = np.array([[to_binary(x, uncertain)[k] for k in CHEXPERT_LABELS] for x in reference], dtype=bool)
+    pred, true = pred.reshape(len(predicted), len(CHEXPERT_LABELS)), true.reshape(len(reference), len(CHEXPERT_LABELS))
+    # per study: its own precision, recall, F1 over the labels, and a 1 to count it
+    example = np.stack([*prf((pred & true).sum(1), (pred & ~true).sum(1), (~pred & true).sum(1)),
+                        np.ones(len(pred))], axis=1)
+    n = len(CHEXPERT_LABELS)
+    five = [CHEXPERT_LABELS.index(k) for k in COMMON5]
+    names = [f"ce_{m}_{a}" for a in ("micro", "macro", "micro_5", "macro_5", "example") for m in _PRF] + \
+        [f"ce_{m}/{k}" for m in _PRF for k in CHEXPERT_LABELS]
+
+    def combine(t: np.ndarray) -> dict[str, np.ndarray]:
+        tp, fp, fn = split_counts(t, n)
+        per = prf(tp, fp, fn)  # each [..., 14]
+        out: dict[str, np.ndarray] = {}
+        for suffix, idx in (("", slice(None)), ("_5", five)):
+            pooled = prf(tp[..., idx].sum(-1), fp[..., idx].sum(-1), fn[..., idx].sum(-1))
+            for m, v, pl in zip(_PRF, pooled, per, strict=True):
+                out[f"ce_{m}_micro{suffix}"] = v
+                out[f"ce_{m}_macro{suffix}"] = pl[..., idx].mean(-1)
+        for i, m in enumerate(_PRF):
+            out[f"ce_{m}_example"] = ratio(t[..., 3 * n + i], t[..., 3 * n + 3])
+            out.update({f"ce_{m}/{k}": per[i][..., j] for j, k in enumerate(CHEXPERT_LABELS)})
+        return out
+
+    return label_family(pred, true, combine, names, extra=example)
+
+
+_PRF = ("precision", "recall", "f1")

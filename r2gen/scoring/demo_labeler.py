@@ -12,6 +12,7 @@ import re
 import numpy as np
 
 from r2gen.data.synthetic import FINDINGS
+from r2gen.scoring.additive import Family, label_family, ratio, split_counts
 
 _MENTIONS = {"pneumothorax": "pneumothorax", "pneumothoraces": "pneumothorax", "effusion": "effusion",
              "effusions": "effusion", "opacity": "opacity", "opacities": "opacity", "opacification": "opacity",
@@ -73,17 +74,29 @@ def finding_scores(predictions: list[str], references_labels: list[dict[str, int
     A finding with no positives in both predictions and truth has F1 1.0 (nothing to find, nothing wrongly found);
     the same holds for the micro F1.
     """
+    return finding_family(predictions, references_labels).scores()
+
+
+def finding_family(predictions: list[str], references_labels: list[dict[str, int]]) -> Family:
+    """`finding_scores` as per-study counts that add up (r2gen.scoring.additive)."""
     if len(predictions) != len(references_labels):
         raise ValueError(f"{len(predictions)} predictions but {len(references_labels)} reference label sets")
     if not predictions:
         raise ValueError("finding_scores needs at least one prediction")
     pred = np.array([[label_report(p)[k] for k in FINDINGS] for p in predictions], dtype=bool)
     true = np.array([[int(r.get(k, 0)) for k in FINDINGS] for r in references_labels], dtype=bool)
-    tp, fp, fn = (pred & true).sum(0), (pred & ~true).sum(0), (~pred & true).sum(0)
+    exact = np.stack([(pred == true).all(1), np.ones(len(pred))], axis=1)  # [N, 2]
+    n = len(FINDINGS)
 
-    def f1(tp, fp, fn) -> float:
-        return 1.0 if tp + fp + fn == 0 else float(2 * tp / (2 * tp + fp + fn))
+    def f1(tp, fp, fn) -> np.ndarray:
+        return np.where(tp + fp + fn == 0, 1.0, ratio(2 * tp, 2 * tp + fp + fn))
 
-    per = {f"f1/{k}": f1(tp[i], fp[i], fn[i]) for i, k in enumerate(FINDINGS)}
-    return {"finding_f1_macro": float(np.mean(list(per.values()))), "finding_f1_micro": f1(tp.sum(), fp.sum(), fn.sum()),
-            "finding_acc_exact": float((pred == true).all(1).mean()), **per}
+    def combine(t: np.ndarray) -> dict[str, np.ndarray]:
+        tp, fp, fn = split_counts(t, n)
+        per = f1(tp, fp, fn)  # [..., n]
+        return {"finding_f1_macro": per.mean(-1), "finding_f1_micro": f1(tp.sum(-1), fp.sum(-1), fn.sum(-1)),
+                "finding_acc_exact": ratio(t[..., 3 * n], t[..., 3 * n + 1]),
+                **{f"f1/{k}": per[..., i] for i, k in enumerate(FINDINGS)}}
+
+    names = ["finding_f1_macro", "finding_f1_micro", "finding_acc_exact", *(f"f1/{k}" for k in FINDINGS)]
+    return label_family(pred, true, combine, names, extra=exact)

@@ -20,6 +20,9 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+import numpy as np
+
+from r2gen.scoring.additive import Family, ratio_or_nan
 from r2gen.scoring.chexpert import POSITIVE, mentions
 
 SIDED = ("Pleural Effusion", "Pneumothorax", "Lung Opacity", "Atelectasis")
@@ -63,10 +66,17 @@ def report_sides(text: str) -> dict[str, str]:
 def laterality_scores(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
     """`laterality_acc`, `laterality_wrong_side`, `laterality_n` and `laterality_acc/<observation>` (see the module
     docstring) of a corpus."""
+    return laterality_family(predictions, references).scores()
+
+
+def laterality_family(predictions: Sequence[str], references: Sequence[str]) -> Family:
+    """Per study, for each sided observation: the (pairs, same side, different side) counts that add up
+    (r2gen.scoring.additive). A rate with no pair to count is undefined (NaN: left out of the scores)."""
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
-    counts = {k: [0, 0, 0] for k in SIDED}  # pairs, same side, different side
-    for pred, ref in zip(predictions, references, strict=True):
+    k = len(SIDED)
+    stats = np.zeros((len(predictions), 3 * k))  # [pairs per observation, same side..., different side...]
+    for i, (pred, ref) in enumerate(zip(predictions, references, strict=True)):
         ref_sides = report_sides(ref)
         if not ref_sides:
             continue
@@ -75,14 +85,17 @@ def laterality_scores(predictions: Sequence[str], references: Sequence[str]) -> 
         for label, side in ref_sides.items():
             if label not in pred_labels:
                 continue  # a missed finding is the CE scores' business, not a side error
-            c = counts[label]
-            c[0] += 1
-            c[1] += pred_sides.get(label) == side
-            c[2] += label in pred_sides and pred_sides[label] != side
-    n = sum(c[0] for c in counts.values())
-    scores: dict[str, float] = {"laterality_n": float(n)}
-    if n:
-        scores["laterality_acc"] = sum(c[1] for c in counts.values()) / n
-        scores["laterality_wrong_side"] = sum(c[2] for c in counts.values()) / n
-        scores.update({f"laterality_acc/{k}": c[1] / c[0] for k, c in counts.items() if c[0]})
-    return scores
+            j = SIDED.index(label)
+            stats[i, j] += 1
+            stats[i, k + j] += pred_sides.get(label) == side
+            stats[i, 2 * k + j] += label in pred_sides and pred_sides[label] != side
+
+    def combine(t: np.ndarray) -> dict[str, np.ndarray]:
+        pairs, same, other = t[..., :k], t[..., k:2 * k], t[..., 2 * k:]
+        n = pairs.sum(-1)
+        return {"laterality_n": n, "laterality_acc": ratio_or_nan(same.sum(-1), n),
+                "laterality_wrong_side": ratio_or_nan(other.sum(-1), n),
+                **{f"laterality_acc/{o}": ratio_or_nan(same[..., j], pairs[..., j]) for j, o in enumerate(SIDED)}}
+
+    names = ("laterality_n", "laterality_acc", "laterality_wrong_side", *(f"laterality_acc/{o}" for o in SIDED))
+    return Family(names, stats, combine)

@@ -38,10 +38,14 @@ import signal
 import threading
 from collections.abc import Sequence
 
+import numpy as np
 from pycocoevalcap.bleu.bleu import Bleu
+from pycocoevalcap.bleu.bleu_scorer import cook_refs, cook_test
 from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
+
+from r2gen.scoring.additive import Family, mean_family, ratio
 
 METRIC_NAMES = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
 EMPTY_HYPOTHESIS = "xxemptyhypothesisxx"
@@ -62,7 +66,8 @@ def _sigint_ignored():
 
 
 class _SharedMeteor(Meteor):
-    """pycocoevalcap's Meteor, unchanged (same command, same `compute_score`), with a shutdown that cannot hang."""
+    """pycocoevalcap's Meteor, unchanged (same command, same `compute_score`), with a shutdown that cannot hang,
+    and `score_with_stats`, which also returns the jar's per-study statistics."""
 
     def __init__(self) -> None:
         with _sigint_ignored():  # the JVM inherits SIG_IGN: a terminal's Ctrl-C reaches the whole process group,
@@ -70,6 +75,16 @@ class _SharedMeteor(Meteor):
         self._owner_pid = os.getpid()
         # Nobody reads the JVM's stderr pipe; drain it so a chatty JVM can never block on a full pipe.
         threading.Thread(target=self.meteor_p.stderr.read, daemon=True, name="meteor-stderr").start()
+
+    def score_with_stats(self, gts: dict, res: dict) -> tuple[float, list[float], list[str]]:
+        """`compute_score`'s requests and replies (per study a SCORE line, then one EVAL line of all their
+        statistics), also returning each study's statistics line."""
+        with self.lock:
+            stats = [self._stat(res[i][0], gts[i]) for i in res]
+            self.meteor_p.stdin.write(("EVAL ||| " + " ||| ".join(stats) + "\n").encode())
+            self.meteor_p.stdin.flush()
+            scores = [float(self.meteor_p.stdout.readline().strip()) for _ in stats]
+            return float(self.meteor_p.stdout.readline().strip()), scores, stats
 
     def close(self) -> None:
         # In a forked child this object is a copy: the JVM belongs to the parent, leave it alone.
@@ -93,14 +108,15 @@ _meteor: _SharedMeteor | None = None
 _meteor_lock = threading.Lock()
 
 
-def _meteor_score(gts: dict, res: dict) -> float:
+def _meteor_score(gts: dict, res: dict) -> tuple[float, list[float], list[str]]:
+    """The jar's corpus METEOR, its per-study scores and statistics lines, in `res` order."""
     global _meteor
     with _meteor_lock:
         if _meteor is None or _meteor._owner_pid != os.getpid():  # a forked child starts its own JVM
             _meteor = _SharedMeteor()
         meteor = _meteor
         try:
-            return float(meteor.compute_score(gts, res)[0])
+            return meteor.score_with_stats(gts, res)
         except BaseException:
             # The JVM's replies are now out of step with its requests and Meteor's own lock stays held:
             # throw this one away, the next call starts a fresh JVM.
@@ -162,21 +178,113 @@ def score_corpus(hypotheses: Sequence[str], references: Sequence[str],
     """Corpus scores of `hypotheses` against one reference each (same order), as python floats keyed by the
     names asked for (pycocoevalcap's, see METRIC_NAMES). Only the scorers needed run: METEOR's JVM starts only
     when "METEOR" is asked for."""
+    return score_corpus_families(hypotheses, references, metrics, families=False)[0]
+
+
+def score_corpus_families(hypotheses: Sequence[str], references: Sequence[str],
+                          metrics: Sequence[str] = METRIC_NAMES, families: bool = True
+                          ) -> tuple[dict[str, float], list[Family]]:
+    """`score_corpus`'s scores and, with `families`, the same scores as per-study statistics that add up
+    (r2gen.scoring.additive), for bootstrap intervals and paired tests, from the same scorer calls.
+
+    BLEU's family is exact for any weighting of the studies (pooled clipped n-gram matches, n-gram counts and
+    lengths, pycocoevalcap's formula and smoothing); ROUGE-L's is exact (a mean). CIDEr-D's is the mean of the
+    per-study scores with the idf of the references scored here: exact for this corpus and for any swap of
+    hypotheses between two systems (the references, hence the idf, stay), an approximation for a bootstrap
+    resample (whose own idf would count a drawn reference once per draw). METEOR's is exact: the jar's own
+    per-study statistics, pooled as the jar pools them (`_meteor_family`)."""
     unknown = [m for m in metrics if m not in METRIC_NAMES]
     if unknown:
         raise ValueError(f"unknown metric(s) {unknown}: choose from {METRIC_NAMES}")
     gts, res = _inputs(hypotheses, references)
     out: dict[str, float] = {}
-    if any(m.startswith("Bleu_") for m in metrics):
+    fams: list[Family] = []
+    bleus = [m for m in metrics if m.startswith("Bleu_")]
+    if bleus:
         bleu, _ = _bleu(gts, res)
         out.update({f"Bleu_{n + 1}": float(b) for n, b in enumerate(bleu)})
+        if families:
+            fams.append(_bleu_family(gts, res, bleus))
     if "METEOR" in metrics:
-        out["METEOR"] = _meteor_score(gts, res)
+        out["METEOR"], per, lines = _meteor_score(gts, res)
+        if families:
+            fams.append(_meteor_family(lines, per, out["METEOR"]))
     if "ROUGE_L" in metrics:
-        out["ROUGE_L"] = float(Rouge().compute_score(gts, res)[0])
+        score, per = Rouge().compute_score(gts, res)
+        out["ROUGE_L"] = float(score)
+        if families:
+            fams.append(mean_family({"ROUGE_L": per}))
     if "CIDEr" in metrics:
-        out["CIDEr"] = float(Cider().compute_score(gts, res)[0])
-    return {m: out[m] for m in metrics}
+        score, per = Cider().compute_score(gts, res)
+        out["CIDEr"] = float(score)
+        if families:
+            fams.append(mean_family({"CIDEr": per}, approximation=(
+                "CIDEr-D's idf from all references scored, kept for every bootstrap resample (exact for paired "
+                "swaps: both systems share the references)")))
+    return {m: out[m] for m in metrics}, fams
+
+
+# METEOR 1.5's parameters for `-l en` (task "default"): alpha, beta, gamma, delta, and the weights of its four
+# matching stages (exact, stem, synonym, paraphrase)
+_METEOR_ABGD = (0.85, 0.2, 0.6, 0.75)
+_METEOR_WEIGHTS = np.array([1.0, 0.6, 0.8, 0.6])
+
+
+def _meteor_family(lines: Sequence[str], per: Sequence[float], corpus: float) -> Family:
+    """METEOR from the jar's 23 statistics per study (test and reference length and function words, per stage
+    content and function matches on each side, chunks, matched words on each side), pooled as its
+    `MeteorStats.addStats` pools them (a perfect one-chunk study adds no chunk) and scored with its
+    `computeMetrics` formula. Checked against the jar on the corpus itself: a jar that pools or scores otherwise
+    (another version or language) falls back to the mean of its per-study scores scaled to its corpus score,
+    and the family says so."""
+    stats = np.array([[float(x) for x in line.split()] for line in lines]).reshape(len(lines), 23)
+    stage = stats[:, 4:20].reshape(-1, 4, 4)  # [N, stage, (test content, ref content, test function, ref function)]
+    perfect = ((stage[..., [0, 2]].sum((1, 2)) == stats[:, 0]) & (stage[..., [1, 3]].sum((1, 2)) == stats[:, 1])
+               & (stats[:, 20] == 1))
+    stats[perfect, 20] = 0
+    a, b, g, d = _METEOR_ABGD
+
+    def combine(t: np.ndarray) -> dict[str, np.ndarray]:
+        st = t[..., 4:20].reshape(t.shape[:-1] + (4, 4))
+        p = ratio((_METEOR_WEIGHTS * (d * st[..., 0] + (1 - d) * st[..., 2])).sum(-1),
+                  d * (t[..., 0] - t[..., 2]) + (1 - d) * t[..., 2])
+        r = ratio((_METEOR_WEIGHTS * (d * st[..., 1] + (1 - d) * st[..., 3])).sum(-1),
+                  d * (t[..., 1] - t[..., 3]) + (1 - d) * t[..., 3])
+        f_mean = ratio(p * r, a * p + (1 - a) * r)
+        frag = ratio(t[..., 20], (t[..., 21] + t[..., 22]) / 2)
+        return {"METEOR": f_mean * (1 - g * frag ** b)}
+
+    family = Family(("METEOR",), stats, combine)
+    if abs(family.scores()["METEOR"] - corpus) <= 1e-9:
+        return family
+    mean = sum(per) / len(per)
+    scale = corpus / mean if mean else 1.0
+    return mean_family({"METEOR": [x * scale for x in per]}, approximation=(
+        f"this METEOR jar's aggregate is not the pooled formula: per-study METEOR x {scale:.4f} (its corpus "
+        f"score / the mean of its per-study scores), averaged over the resample"))
+
+
+def _bleu_family(gts: dict, res: dict, names: Sequence[str]) -> Family:
+    """Per study: clipped n-gram matches (n = 1..4), hypothesis n-grams, hypothesis and reference lengths; the
+    corpus BLEU of any weighting is pycocoevalcap's formula on their totals (its `compute_score`: one reference,
+    so its "closest" and "average" reference lengths are that reference's)."""
+    rows = []
+    for i in res:
+        cooked = cook_test(res[i][0], cook_refs(gts[i]))
+        rows.append([*cooked["correct"], *cooked["guess"], cooked["testlen"], cooked["reflen"][0]])
+    stats = np.asarray(rows, dtype=np.float64)  # [N, 10]
+    small, tiny = 1e-9, 1e-15  # pycocoevalcap's
+
+    def combine(t: np.ndarray) -> dict[str, np.ndarray]:
+        ratio = (t[..., 8] + tiny) / (t[..., 9] + small)
+        bp = np.where(ratio < 1, np.exp(1 - 1 / np.where(ratio < 1, ratio, 1.0)), 1.0)
+        out, prod = {}, np.ones(t.shape[:-1])
+        for k in range(4):
+            prod = prod * (t[..., k] + tiny) / (t[..., 4 + k] + small)
+            out[f"Bleu_{k + 1}"] = prod ** (1.0 / (k + 1)) * bp
+        return out
+
+    return Family(tuple(names), stats, combine)
 
 
 def per_sample_scores(hypotheses: Sequence[str], references: Sequence[str]) -> list[dict[str, float]]:

@@ -9,15 +9,17 @@ the best checkpoint); validation during training, the test after training, `eval
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 from r2gen.data.synthetic import FINDINGS
 from r2gen.errors import ConfigError
-from r2gen.scoring.chexpert import CHEXPERT_LABELS, ce_scores_from_labels, label_reports, to_binary
-from r2gen.scoring.demo_labeler import finding_scores, label_report
-from r2gen.scoring.laterality import laterality_scores
-from r2gen.scoring.nlg import score_corpus
+from r2gen.scoring.additive import Family
+from r2gen.scoring.bootstrap import Bootstrap, intervals
+from r2gen.scoring.chexpert import CHEXPERT_LABELS, ce_family, label_reports, to_binary
+from r2gen.scoring.demo_labeler import finding_family, label_report
+from r2gen.scoring.laterality import laterality_family
+from r2gen.scoring.nlg import score_corpus_families
 
 LABELERS = ("demo", "chexpert")
 REFERENCES = ("full", "truncated")
@@ -48,7 +50,8 @@ def truncate_reference(text: str, words: int) -> str:
 class Scoring:
     """How a corpus is scored. `labeler`: demo | chexpert | None; `references`: full | truncated (to
     `truncate_words` words); `ce_uncertain`: negative | positive (the CheXpert labeler's UNCERTAIN as 0 or 1);
-    `chexbert` / `chexbert_tokenizer`: label with CheXbert weights instead of the rule-based labeler."""
+    `chexbert` / `chexbert_tokenizer`: label with CheXbert weights instead of the rule-based labeler; `bootstrap`:
+    how the intervals of the test scores are drawn (r2gen.scoring.bootstrap)."""
 
     labeler: str | None = None
     weights: Mapping[str, float] | None = None
@@ -57,6 +60,7 @@ class Scoring:
     ce_uncertain: str = "negative"
     chexbert: str | None = None
     chexbert_tokenizer: str | None = None
+    bootstrap: Bootstrap = field(default_factory=Bootstrap)
 
     def __post_init__(self) -> None:
         if self.labeler not in (None, *LABELERS):
@@ -78,7 +82,8 @@ class Scoring:
         e = cfg.eval
         return cls(labeler=cfg.data.get("labeler"), weights=dict(cfg.monitor.weights or {}) or None,
                    references=e.references, truncate_words=int(cfg.data.max_report_tokens) - 1,
-                   ce_uncertain=e.ce_uncertain, chexbert=e.chexbert, chexbert_tokenizer=e.chexbert_tokenizer)
+                   ce_uncertain=e.ce_uncertain, chexbert=e.chexbert, chexbert_tokenizer=e.chexbert_tokenizer,
+                   bootstrap=Bootstrap.from_config(e.get("bootstrap")))
 
     @property
     def reference_protocol(self) -> str:
@@ -126,27 +131,45 @@ class Scoring:
             return [{k: int(v or 0) for k, v in x.items()} for x in raw]
         return [to_binary(x, self.ce_uncertain) for x in raw]
 
-    def labeler_scores(self, predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    def labeler_families(self, predictions: Sequence[str], references: Sequence[str]) -> list[Family]:
+        """The labeler's scores as per-study statistics (r2gen.scoring.additive): demo finding F1; chexpert CE
+        scores and whether sided findings are on the reference's side."""
         if self.labeler == "demo":
-            return finding_scores(list(predictions), self.raw_labels(references))
-        if self.labeler == "chexpert":  # CE scores, and whether sided findings are on the reference's side
-            return {**ce_scores_from_labels(self.raw_labels(predictions), self.raw_labels(references), self.ce_uncertain),
-                    **laterality_scores(predictions, references)}
-        return {}
+            return [finding_family(list(predictions), self.raw_labels(references))]
+        if self.labeler == "chexpert":
+            return [ce_family(self.raw_labels(predictions), self.raw_labels(references), self.ce_uncertain),
+                    laterality_family(predictions, references)]
+        return []
+
+    def labeler_scores(self, predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+        return {k: v for f in self.labeler_families(predictions, references) for k, v in f.scores().items()}
+
+    def intervals(self, families: Sequence[Family], scores: Mapping[str, float]) -> dict[str, list[float]]:
+        """{score: [low, high]}: the study-level bootstrap interval of each of `scores` (none when off)."""
+        return intervals(families, scores, self.bootstrap, self.weights)
 
 
 def score_records(records: Sequence[dict[str, str]], scoring: Scoring | None = None) -> dict[str, float]:
     """Corpus scores of `[{"id", "prediction", "reference"}]` (references already as `scoring.prepare` gives them),
     plus `score`, the weighted sum used to pick the best checkpoint (`monitor.weights`, e.g. 0.5*Bleu_4 +
     0.5*CIDEr as R2GenGPT)."""
+    return score_families(records, scoring)[0]
+
+
+def score_families(records: Sequence[dict[str, str]], scoring: Scoring | None = None
+                   ) -> tuple[dict[str, float], list[Family]]:
+    """`score_records`'s scores and the same scores as per-study statistics (for intervals and paired tests),
+    from one pass of the scorers and the labeler."""
     scoring = scoring or Scoring()
     preds = [r["prediction"] for r in records]
     refs = [r["reference"] for r in records]
-    scores = score_corpus(preds, refs)
-    scores.update(scoring.labeler_scores(preds, refs))
+    scores, families = score_corpus_families(preds, refs)
+    labeled = scoring.labeler_families(preds, refs)
+    for f in labeled:
+        scores.update(f.scores())
     if scoring.weights:
         unknown = [k for k in scoring.weights if k not in scores]
         if unknown:
             raise ConfigError(f"monitor.weights names {unknown}, not among the scores {sorted(scores)}")
         scores["score"] = float(sum(w * scores[k] for k, w in scoring.weights.items()))
-    return scores
+    return scores, families + labeled

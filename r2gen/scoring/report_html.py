@@ -114,15 +114,22 @@ def _side_errors(pred: str, ref: str) -> list[tuple[str, str, str]]:
     return [(k, p[k], r[k]) for k in r if k in p and p[k] != r[k]]
 
 
-def render(records: Sequence[dict], scores: dict[str, float], meta: dict[str, Any], scoring=None) -> str:
-    """The page, as a string. `records`: `{"id", "prediction", "reference"[, "image_path": [...]]}` as scored."""
+def render(records: Sequence[dict], scores: dict[str, float], meta: dict[str, Any], scoring=None,
+           intervals: dict[str, list[float]] | None = None) -> str:
+    """The page, as a string. `records`: `{"id", "prediction", "reference"[, "image_path": [...]]}` as scored;
+    `intervals`: {score: [low, high]}, shown beside the corpus scores."""
+    intervals = intervals or {}
     preds = [r["prediction"] for r in records]
     refs = [r["reference"] for r in records]
     per = per_sample_scores(preds, refs) if records else []
     labeled = scoring is not None and scoring.labeler
     plabels, rlabels = (scoring.labels(preds), scoring.labels(refs)) if labeled else ([], [])
-    summary = "".join(f"<tr><th>{_esc(k)}</th><td class='num'>{v:.4f}</td></tr>" for k, v in scores.items()
+    summary = "".join(f"<tr><th>{_esc(k)}</th><td class='num'>{v:.4f}</td><td class='num'>"
+                      f"{_interval(intervals.get(k))}</td></tr>" for k, v in scores.items()
                       if "/" not in k)  # per-label scores are drawn below
+    if intervals:
+        level = meta.get("bootstrap", {}).get("level", 0.95) if isinstance(meta.get("bootstrap"), dict) else 0.95
+        summary = f"<tr><th>score</th><th>value</th><th>{level:.0%} interval</th></tr>" + summary
     f1 = {m[1]: v for k, v in scores.items() if (m := PER_LABEL_F1.fullmatch(k))}
     plots = "".join(_histogram([p[k] for p in per], k) for k in STUDY_SCORES) + (_bars(f1) if f1 else "")
     head = ["#", "id", "images", "generated", "reference", *STUDY_SCORES] + (["disagreements"] if labeled else [])
@@ -152,8 +159,12 @@ def render(records: Sequence[dict], scores: dict[str, float], meta: dict[str, An
             f"<tbody>{''.join(rows)}</tbody></table><script>{JS}</script></body></html>\n")
 
 
+def _interval(bounds: Sequence[float] | None) -> str:
+    return f"[{bounds[0]:.4f}, {bounds[1]:.4f}]" if bounds else ""
+
+
 def write_report(path: str | Path, records: Sequence[dict], scores: dict[str, float], meta: dict[str, Any],
-                 scoring=None) -> Path:
+                 scoring=None, intervals: dict[str, list[float]] | None = None) -> Path:
     path = Path(path)
-    path.write_text(render(records, scores, meta, scoring), encoding="utf-8")
+    path.write_text(render(records, scores, meta, scoring, intervals), encoding="utf-8")
     return path
