@@ -29,8 +29,8 @@ from r2gen.data.resumable import ResumableLoader, ResumableRandomSampler, Skippi
 from r2gen.data.sampler import length_grouped
 from r2gen.data.synthetic import generate_demo
 from r2gen.data.transform import image_transform
-from r2gen.provenance import layout_files
 from r2gen.errors import InputError
+from r2gen.provenance import layout_files
 
 log = logging.getLogger(__name__)
 
