@@ -8,7 +8,6 @@ import gzip
 import json
 import logging
 import math
-import shutil
 import zipfile
 from pathlib import Path
 
@@ -278,3 +277,40 @@ def test_a_tree_without_nih_images_is_drawn(tmp_path, monkeypatch, read):
     got = read(t)
     assert ids(got) == {"train": ["s50000001"], "val": ["s50000002"], "test": ["s50000003"]}
     assert (t["root"] / got["train"][0]["image_path"][0]).read_bytes()[:2] == b"\xff\xd8"  # a JPEG
+
+
+def test_train_evaluate_and_predict_on_the_tree(tree, tmp_path, cache_dir):
+    """`train.py data=mimic_cxr_jpg data.target=findings`, then evaluate.py and predict.py on its checkpoint, through
+    the functions they call (one epoch, tiny models: ~15 s)."""
+    from r2gen.evaluate import evaluate
+    from r2gen.predict import predict
+    from r2gen.scoring import METRIC_NAMES
+    from r2gen.train import train
+
+    from .helpers.config import SMALL, compose_cfg
+
+    before = snapshot(tree["root"].parent.parent)
+    small = [o for o in SMALL if not o.startswith("data.demo.")]  # data=mimic_cxr_jpg has no data.demo block
+    fast = ["trainer.accelerator=cpu", "trainer.enable_progress_bar=false"]
+    run = tmp_path / "run"
+    train(compose_cfg("config", ["data=mimic_cxr_jpg", f"data.root={tree['root']}", "data.target=findings",
+                                 "data.num_workers=0", *small], run, cache_dir))
+    best = run / "checkpoints" / "best.ckpt"
+    assert best.is_file() and (run / "checkpoints" / "last.ckpt").is_file()
+    test_ids = ["s50000011", "s50000012", "s50000013"]
+    ev = [f"ckpt={best}", *fast]
+    for folder in (run / "test", tmp_path / "eval"):  # the test after training, then evaluate.py's
+        if folder != run / "test":
+            evaluate(compose_cfg("evaluate", ev, folder, cache_dir), overrides=ev)
+        m = json.loads((folder / "metrics.json").read_text())
+        assert m["data"] == "mimic_cxr_jpg" and m["split"] == "test" and m["n_studies"] == 3
+        assert all(math.isfinite(m[k]) for k in METRIC_NAMES)
+        preds = read_jsonl(folder / "predictions.jsonl")
+        assert [p["id"] for p in preds] == test_ids
+        assert preds[1]["reference"] == clean_report_mimic_cxr("Right basilar atelectasis.")  # the findings only
+    studies_dir = tree["root"] / "files" / "p12" / "p12000022"  # a folder of studies: one subfolder each
+    pr = [f"ckpt={best}", f"input={studies_dir}", *fast]
+    rows = read_jsonl(predict(compose_cfg("predict", pr, tmp_path / "predict", cache_dir), overrides=pr))
+    assert [r["id"] for r in rows] == test_ids  # the subfolders s<study_id>, named as the reader names studies
+    assert all(isinstance(r["report"], str) for r in rows)
+    assert snapshot(tree["root"].parent.parent) == before  # read, never written
