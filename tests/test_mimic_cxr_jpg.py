@@ -314,3 +314,21 @@ def test_train_evaluate_and_predict_on_the_tree(tree, tmp_path, cache_dir):
     assert [r["id"] for r in rows] == test_ids  # the subfolders s<study_id>, named as the reader names studies
     assert all(isinstance(r["report"], str) for r in rows)
     assert snapshot(tree["root"].parent.parent) == before  # read, never written
+
+
+def test_the_reader_and_the_parser_import_only_the_standard_library_and_the_ground_floor():
+    """Below r2gen.data.annotations (which registers the reader), never above it: no circle, no third-party import."""
+    import ast
+    import sys
+
+    from .helpers.import_graph import edges
+    from .helpers.paths import ROOT
+
+    graph = edges(ROOT)
+    assert graph["r2gen.data.mimic_cxr_jpg"] == {"r2gen.data.sections", "r2gen.data.splits", "r2gen.errors"}
+    assert graph["r2gen.data.sections"] == set()
+    for name in ("mimic_cxr_jpg", "sections"):
+        tree = ast.parse((ROOT / "r2gen" / "data" / f"{name}.py").read_text())
+        tops = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        tops |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        assert tops - {"r2gen"} <= set(sys.stdlib_module_names), tops
