@@ -82,15 +82,12 @@ def read(cfg, splits: tuple[str, ...] = SPLITS) -> Studies:
                     counts["no report"] += 1
                     continue
                 sections = split_sections(text, study)
-                findings = sections.get("findings") or (
-                    None if "impression" in sections else sections.get("last_paragraph"))
-                impression = sections.get("impression")
-                report = {"findings": findings, "impression": impression,
-                          "findings_impression": " ".join(t for t in (findings, impression) if t) or None}[target]
-                if not report:
+                texts = target_texts(sections)
+                if not texts[target]:
                     counts[f"no {target}"] += 1
                     continue
-                out[split].append({**entry, "report": report, "findings": findings, "impression": impression,
+                out[split].append({**entry, "report": texts[target], "findings": texts["findings"],
+                                   "impression": texts["impression"],
                                    "indication": sections.get("indication") or sections.get("history"),
                                    "comparison": sections.get("comparison"), "split": split})
             left = ", ".join(f"{n} {why}" for why, n in sorted(counts.items())) or "none"
@@ -105,6 +102,15 @@ def read(cfg, splits: tuple[str, ...] = SPLITS) -> Studies:
             log.warning("data.on_bad_sample=skip: left out %d studies without a report in %s", len(missing),
                         cfg["reports"])
     return out
+
+
+def target_texts(sections: dict[str, str]) -> dict[str, str | None]:
+    """The text of each `data.target` choice in a split report (None: not in it): findings (else, in a report with
+    neither findings nor impression, its last paragraphs), impression, and both joined (those present)."""
+    findings = sections.get("findings") or (None if "impression" in sections else sections.get("last_paragraph"))
+    impression = sections.get("impression")
+    both = " ".join(t for t in (findings, impression) if t) or None
+    return {"findings": findings, "impression": impression, "findings_impression": both}
 
 
 def _study(study: str, subject: str, rows: list[tuple[str, str]], meta: dict, views: list[str],
