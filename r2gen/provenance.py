@@ -62,12 +62,21 @@ def sha256(path: Path) -> str:
 
 
 def annotation_files(data: DictConfig) -> list[Path]:
-    """The annotation file(s) a data config reads: one per split when a `<split>_file` is set, else `annotation`."""
+    """The annotation file(s) a data config reads: one per split when a `<split>_file` is set, else `annotation`,
+    else (an official layout, data.format=mimic_cxr_jpg ...) its `layout_files`."""
     if any(data.get(f"{s}_file") for s in ("train", "val", "test")):  # an evaluation may have only test_file
         files = [data.get(f"{s}_file") for s in ("train", "val", "test")]
-    else:
+    elif data.get("annotation") is not None:
         files = [data.get("annotation")]
+    else:
+        files = layout_files(data)
     return [Path(str(f)).expanduser() for f in files if f]
+
+
+def layout_files(data: DictConfig) -> list:
+    """What an official layout's reader reads besides images: its `data.*_file` tables and `data.reports` (a file or
+    a folder), in the config's order."""
+    return [data.get(k) for k in data if (str(k).endswith("_file") or k == "reports") and data.get(k)]
 
 
 def device() -> str:

@@ -12,10 +12,11 @@ the encoder (`encoder.name`, `encoder.kwargs`, whether `encoder.pretrained` is s
 input size (ViT, Swin: its position embeddings are sized by it; a CNN takes any size).
 
 Everything else may differ on resume: trainer.* (max_epochs to train longer, devices, precision), paths.*, logger.*,
-callbacks.*, data.num_workers, where the data lie (data.root, data.annotation, data.image_dir: the LM r2gen built is
-rebuilt from the checkpoint, not from these reports), generate.*, eval.*, monitor.*, optim.* values (the restored
-optimiser state keeps its own learning rates; the schedule follows the new values), seed. A resume that should end
-bit for bit like the uninterrupted run (r2gen.resume) needs the training keys (data.*, optim.*, seed) unchanged too.
+callbacks.*, data.num_workers, where the data lie (data.root, data.annotation or an official layout's data.split_file,
+data.metadata_file and data.reports, data.image_dir: the LM r2gen built is rebuilt from the checkpoint, not from these
+reports), generate.*, eval.*, monitor.*, optim.* values (the restored optimiser state keeps its own learning rates;
+the schedule follows the new values), seed. A resume that should end bit for bit like the uninterrupted run
+(r2gen.resume) needs the training keys (data.*, optim.*, seed) unchanged too.
 """
 
 from __future__ import annotations

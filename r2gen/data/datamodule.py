@@ -30,6 +30,7 @@ from r2gen.data.sampler import length_grouped
 from r2gen.data.synthetic import generate_demo
 from r2gen.data.transform import image_transform
 from r2gen.errors import InputError
+from r2gen.provenance import layout_files
 
 log = logging.getLogger(__name__)
 
@@ -130,8 +131,13 @@ class ReportDataModule(pl.LightningDataModule):
             train.token_lengths = np.asarray(self.collator.targets.lengths(train.reports), dtype=np.int32)
 
     def _source(self) -> str:
+        """Where the studies come from, for messages and the set-up check's manifest key."""
         files = [self.cfg.get(f"{s}_file") for s in SPLITS]
-        return ", ".join(map(str, files)) if any(files) else str(self.cfg.annotation)
+        if any(files):
+            return ", ".join(map(str, files))
+        if self.cfg.get("annotation") is not None:
+            return str(self.cfg.annotation)
+        return ", ".join(map(str, layout_files(self.cfg)))  # an official layout (data.format) read from its files
 
     def train_reports(self) -> list[str]:
         self.setup()
