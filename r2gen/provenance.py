@@ -62,11 +62,13 @@ def sha256(path: Path) -> str:
 
 
 def annotation_files(data: DictConfig) -> list[Path]:
-    """The annotation file(s) a data config reads: one per split when a `<split>_file` is set, else `annotation`."""
+    """The annotation file(s) a data config reads: one per split when a `<split>_file` is set, else `annotation`;
+    and the R2Gen annotation whose splits an official layout takes (`r2gen_annotation`, data=openi)."""
     if any(data.get(f"{s}_file") for s in ("train", "val", "test")):  # an evaluation may have only test_file
         files = [data.get(f"{s}_file") for s in ("train", "val", "test")]
     else:
         files = [data.get("annotation")]
+    files.append(data.get("r2gen_annotation"))
     return [Path(str(f)).expanduser() for f in files if f]
 
 

@@ -23,12 +23,13 @@ import csv
 import json
 from pathlib import Path
 
+from r2gen.data import openi
 from r2gen.data.splits import SPLIT_NAMES, SPLITS, Studies
 from r2gen.errors import ConfigError, InputError, MissingFileError
 
 FORMATS = {".json": "r2gen", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
 # data.format of an official layout -> its reader `read(data_cfg, splits) -> Studies` (modules below this one)
-LAYOUTS: dict = {}
+LAYOUTS: dict = {"openi": openi.read}
 
 
 def read_studies(cfg, splits: tuple[str, ...] = SPLITS) -> Studies:

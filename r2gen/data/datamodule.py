@@ -19,7 +19,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from r2gen.data.annotations import SPLITS, read_annotation, read_studies  # noqa: F401 (read_annotation: re-export)
+from r2gen.data.annotations import LAYOUTS, SPLITS, read_annotation, read_studies  # noqa: F401 (read_annotation: re-export)
 from r2gen.data.checks import check_studies
 from r2gen.data.clean import get_cleaner
 from r2gen.data.collate import Collator
@@ -130,6 +130,8 @@ class ReportDataModule(pl.LightningDataModule):
             train.token_lengths = np.asarray(self.collator.targets.lengths(train.reports), dtype=np.int32)
 
     def _source(self) -> str:
+        if self.cfg.get("format") in LAYOUTS:  # an official layout: its reports folder (data.reports), else its root
+            return str(self.cfg.get("reports") or self.cfg.root)
         files = [self.cfg.get(f"{s}_file") for s in SPLITS]
         return ", ".join(map(str, files)) if any(files) else str(self.cfg.annotation)
 
