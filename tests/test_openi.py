@@ -18,6 +18,7 @@ import pytest
 from r2gen.config_check import check_config
 from r2gen.data import openi
 from r2gen.data.annotations import read_studies
+from r2gen.data.clean import clean_report_iu_xray
 from r2gen.data.datamodule import ReportDataModule
 from r2gen.data.splits import SPLITS
 from r2gen.errors import ConfigError, InputError, MissingFileError
@@ -277,3 +278,23 @@ def test_all_open_i_reports_read_with_r2gen_splits_give_r2gen_s_studies(tmp_path
     rand, _ = openi.read_counted(data_cfg(root, split="random", r2gen_annotation=None))
     n = sum(map(len, rand.values()))
     assert n == 3337 and all(math.isclose(len(rand[s]) / n, share, abs_tol=0.03) for s, share in openi.RATIOS.items())
+
+
+@pytest.mark.slow  # a tiny training run with a test pass (METEOR's JVM): ~30 s on 2 CPU cores
+def test_train_on_an_open_i_tree_through_the_public_entry_point(tree, make_cfg, tmp_path):
+    from r2gen.train import train
+
+    ann = tree.parent / "annotation.json"
+    cfg = make_cfg("data=openi", f"data.root={tree}", f"data.r2gen_annotation={ann}", "data.num_workers=0",
+                   *(o for o in SMALL if not o.startswith("data.demo.")), small=False)
+    check_config(cfg, "config")
+    before = snapshot(tree)
+    train(cfg)
+    out = Path(cfg.paths.output_dir)
+    m = json.loads((out / "test" / "metrics.json").read_text())
+    assert m["data"] == "openi" and m["n_studies"] == 2 and all(math.isfinite(m[k]) for k in ("Bleu_4", "CIDEr"))
+    preds = [json.loads(line) for line in (out / "test" / "predictions.jsonl").read_text().splitlines()]
+    assert [p["id"] for p in preds] == R2GEN_SPLITS["test"]
+    assert preds[0]["reference"] == clean_report_iu_xray("Effusion < 1 cm & stable.")  # data.clean=iu_xray
+    assert str(ann) in json.loads((out / "provenance.json").read_text())["annotation_sha256"]
+    assert snapshot(tree) == before
