@@ -44,6 +44,7 @@ KINDS = {
     "eval.chexbert": {"str", "null"}, "eval.chexbert_tokenizer": {"str", "null"},
     "data.root": {"str"}, "data.train_file": {"str", "null"}, "data.val_file": {"str", "null"},
     "data.test_file": {"str", "null"}, "data.augment": {"str", "bool"}, "data.feature_cache": {"str", "bool", "null"},
+    "data.r2gen_annotation": {"str", "null"},
     "encoder.pretrained": {"bool", "str"}, "lm.pad_token": {"str", "int"}, "lm.add_bos": {"str", "bool"},
     "lm.device_map": {"any"}, "lm.convert": {"str", "null"},
     "lm.unsupported": {"str", "null"},  # set only to mark a known breakage (r2gen.models.lm): no shipped yaml has it

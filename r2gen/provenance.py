@@ -63,13 +63,15 @@ def sha256(path: Path) -> str:
 
 def annotation_files(data: DictConfig) -> list[Path]:
     """The annotation file(s) a data config reads: one per split when a `<split>_file` is set, else `annotation`,
-    else (an official layout, data.format=mimic_cxr_jpg ...) its `layout_files`."""
+    else (an official layout, data.format=mimic_cxr_jpg ...) its `layout_files`; and the R2Gen annotation whose
+    splits an official layout may take (`r2gen_annotation`, data=openi)."""
     if any(data.get(f"{s}_file") for s in ("train", "val", "test")):  # an evaluation may have only test_file
         files = [data.get(f"{s}_file") for s in ("train", "val", "test")]
     elif data.get("annotation") is not None:
         files = [data.get("annotation")]
     else:
         files = layout_files(data)
+    files.append(data.get("r2gen_annotation"))
     return [Path(str(f)).expanduser() for f in files if f]
 
 

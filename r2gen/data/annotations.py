@@ -23,13 +23,13 @@ import csv
 import json
 from pathlib import Path
 
-from r2gen.data import mimic_cxr_jpg
+from r2gen.data import mimic_cxr_jpg, openi
 from r2gen.data.splits import SPLIT_NAMES, SPLITS, Studies
 from r2gen.errors import ConfigError, InputError, MissingFileError
 
 FORMATS = {".json": "r2gen", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
 # data.format of an official layout -> its reader `read(data_cfg, splits) -> Studies` (modules below this one)
-LAYOUTS: dict = {"mimic_cxr_jpg": mimic_cxr_jpg.read}
+LAYOUTS: dict = {"mimic_cxr_jpg": mimic_cxr_jpg.read, "openi": openi.read}
 
 
 def read_studies(cfg, splits: tuple[str, ...] = SPLITS) -> Studies:
