@@ -124,9 +124,9 @@ def render(records: Sequence[dict], scores: dict[str, float], meta: dict[str, An
     per = per_sample_scores(preds, refs) if records else []
     labeled = scoring is not None and scoring.labeler
     plabels, rlabels = (scoring.labels(preds), scoring.labels(refs)) if labeled else ([], [])
-    summary = "".join(f"<tr><th>{_esc(k)}</th><td class='num'>{v:.4f}</td><td class='num'>"
-                      f"{_interval(intervals.get(k))}</td></tr>" for k, v in scores.items()
-                      if "/" not in k)  # per-label scores are drawn below
+    summary = "".join(f"<tr><th>{_esc(k)}</th><td class='num'>{v:.4f}</td>" + (
+        f"<td class='num'>{_interval(intervals.get(k))}</td>" if intervals else "") + "</tr>"
+        for k, v in scores.items() if "/" not in k)  # per-label scores are drawn below
     if intervals:
         level = meta.get("bootstrap", {}).get("level", 0.95) if isinstance(meta.get("bootstrap"), dict) else 0.95
         summary = f"<tr><th>score</th><th>value</th><th>{level:.0%} interval</th></tr>" + summary
