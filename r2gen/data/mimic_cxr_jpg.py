@@ -37,11 +37,10 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from r2gen.data.sections import split_sections
-from r2gen.data.splits import SPLIT_NAMES, SPLITS, Studies
+from r2gen.data.splits import SPLIT_NAMES, SPLITS, TARGETS, Studies, target_choice, target_text
 from r2gen.errors import ConfigError, InputError, MissingFileError
 
 log = logging.getLogger(__name__)
-TARGETS = ("findings", "impression", "findings_impression")
 SPLIT_COLUMNS = ("dicom_id", "study_id", "subject_id", "split")
 METADATA_COLUMNS = ("dicom_id", "study_id", "subject_id", "ViewPosition", "StudyDate", "StudyTime")
 MAX_REPORT_BYTES = 4 << 20  # MIMIC-CXR's longest report is a few kB: a larger member is not a report
@@ -53,9 +52,7 @@ DOWNLOAD = "physionet.org/content/mimic-cxr-jpg/2.0.0"
 def read(cfg, splits: tuple[str, ...] = SPLITS) -> Studies:
     """The studies of `splits` (the others empty) from the files `cfg` (the `data` node) names; see the module
     docstring. Every error is one line naming the key or file and the fix."""
-    target = cfg.get("target")
-    if target not in TARGETS:
-        raise ConfigError(f"data.target={target!r}: choose {', '.join(TARGETS)} (what the model writes)")
+    target = target_choice(cfg)
     views = [str(v).strip().upper() for v in (cfg.get("views") or [])]
     if not views:
         raise ConfigError(f"data.views={cfg.get('views')!r}: list the ViewPosition values to use, frontal first, "
@@ -109,8 +106,7 @@ def target_texts(sections: dict[str, str]) -> dict[str, str | None]:
     neither findings nor impression, its last paragraphs), impression, and both joined (those present)."""
     findings = sections.get("findings") or (None if "impression" in sections else sections.get("last_paragraph"))
     impression = sections.get("impression")
-    both = " ".join(t for t in (findings, impression) if t) or None
-    return {"findings": findings, "impression": impression, "findings_impression": both}
+    return {t: target_text(findings, impression, t) for t in TARGETS}
 
 
 def _study(study: str, subject: str, rows: list[tuple[str, str]], meta: dict, views: list[str],

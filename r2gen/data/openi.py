@@ -30,12 +30,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from r2gen.data.splits import SPLIT_NAMES, SPLITS, Studies
+from r2gen.data.splits import SPLIT_NAMES, SPLITS, Studies, target_choice, target_text
 from r2gen.errors import ConfigError, InputError, MissingFileError
 
 log = logging.getLogger(__name__)
 
-TARGETS = ("findings", "impression", "findings_impression")
 SPLIT_MODES = ("r2gen", "random")
 RATIOS = {"train": 0.7, "val": 0.1, "test": 0.2}  # R2Gen's IU-Xray split
 SECTIONS = {"COMPARISON": "comparison", "INDICATION": "indication", "FINDINGS": "findings", "IMPRESSION": "impression"}
@@ -62,9 +61,7 @@ def read(cfg, splits: tuple[str, ...] = SPLITS) -> Studies:
 def read_counted(cfg) -> tuple[Studies, dict[str | None, Counter]]:
     """(studies, {split: Counter(no_target=, no_image=)} for what was left out, with key None for reports that got no
     split: `no_image` (split=r2gen: no image, so no R2Gen id) and `not_in_r2gen`)."""
-    target = cfg.get("target") or "findings"
-    if target not in TARGETS:
-        raise ConfigError(f"data.target={target!r}: choose {', '.join(TARGETS)}")
+    target = target_choice(cfg)
     mode = cfg.get("split") or "r2gen"
     if mode not in SPLIT_MODES:
         raise ConfigError(f"data.split={mode!r}: choose r2gen (R2Gen's splits, data.r2gen_annotation) or random "
@@ -95,7 +92,7 @@ def read_counted(cfg) -> tuple[Studies, dict[str | None, Counter]]:
         if sid is None:
             left_out[split]["no_image"] += 1
             continue
-        report = target_text(r, target)
+        report = target_text(r["findings"], r["impression"], target) or ""
         if not report:
             left_out[split]["no_target"] += 1
             continue
@@ -171,12 +168,6 @@ def study_id(first_image: str) -> str:
     """R2Gen's IU-Xray study id: the first image id without its last `-NNNN` part
     (CXR2384_IM-0942-1001 -> CXR2384_IM-0942; CXR1122_IM-0080-1001-0001 -> CXR1122_IM-0080-1001)."""
     return first_image.rsplit("-", 1)[0] if "-" in first_image else first_image
-
-
-def target_text(report: dict[str, Any], target: str) -> str:
-    if target == "findings_impression":
-        return " ".join(t for t in (report["findings"], report["impression"]) if t)
-    return report[target] or ""
 
 
 def random_split(uid: str, seed: int) -> str:

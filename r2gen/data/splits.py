@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from r2gen.errors import ConfigError
+
 SPLITS = ("train", "val", "test")
 # how data sets name their splits (MIMIC-CXR's split.csv says `validate`) -> r2gen's
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validate": "val", "validation": "val", "test": "test"}
@@ -18,3 +20,21 @@ SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validate": "val"
 #   "findings", "impression": the sections the target was chosen from (data.target).
 Studies = dict[str, list[dict[str, Any]]]
 CONTEXT_KEYS = ("indication", "comparison", "view_positions", "subject_id", "study_time", "findings", "impression")
+
+# data.target of the official layouts: what the model learns to write
+TARGETS = ("findings", "impression", "findings_impression")
+
+
+def target_choice(cfg) -> str:
+    """`data.target` (default findings), checked."""
+    target = cfg.get("target") or "findings"
+    if target not in TARGETS:
+        raise ConfigError(f"data.target={target!r}: choose {', '.join(TARGETS)} (what the model writes)")
+    return target
+
+
+def target_text(findings: str | None, impression: str | None, target: str) -> str | None:
+    """The text `target` names (None or "": the report has none): findings_impression joins those present."""
+    if target == "findings_impression":
+        return " ".join(t for t in (findings, impression) if t) or None
+    return findings if target == "findings" else impression

@@ -81,7 +81,8 @@ class Evaluation(pl.Callback):
         self.records = self.scoring.prepare(records)  # references as scored (eval.references)
         scores: list[dict[str, float] | None] = [None]
         if trainer.is_global_zero and self.records and not trainer.sanity_checking:
-            scores[0], self.families = score_families(self.records, self.scoring)
+            # per-study statistics for the test's intervals; validation needs only the scores
+            scores[0], self.families = score_families(self.records, self.scoring, nlg_families=split == "test")
         if distributed:
             torch.distributed.broadcast_object_list(scores, src=0)
         self.scores = scores[0] or {}

@@ -334,9 +334,11 @@ def ce_family(predicted: Sequence[dict[str, int | None]], reference: Sequence[di
     """
     if len(predicted) != len(reference):
         raise ValueError(f"{len(predicted)} predictions but {len(reference)} references")
-    pred = np.array([[to_binary(x, uncertain)[k] for k in CHEXPERT_LABELS] for x in predicted], dtype=bool)
-    true = np.array([[to_binary(x, uncertain)[k] for k in CHEXPERT_LABELS] for x in reference], dtype=bool)
-    pred, true = pred.reshape(len(predicted), len(CHEXPERT_LABELS)), true.reshape(len(reference), len(CHEXPERT_LABELS))
+    def matrix(label_sets) -> np.ndarray:  # [N, 14] 1/0
+        rows = [to_binary(x, uncertain) for x in label_sets]
+        return np.array([[r[k] for k in CHEXPERT_LABELS] for r in rows], dtype=bool).reshape(len(rows), -1)
+
+    pred, true = matrix(predicted), matrix(reference)
     # per study: its own precision, recall, F1 over the labels, and a 1 to count it
     example = np.stack([*prf((pred & true).sum(1), (pred & ~true).sum(1), (~pred & true).sum(1)),
                         np.ones(len(pred))], axis=1)

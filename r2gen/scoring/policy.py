@@ -153,17 +153,18 @@ def score_records(records: Sequence[dict[str, str]], scoring: Scoring | None = N
     """Corpus scores of `[{"id", "prediction", "reference"}]` (references already as `scoring.prepare` gives them),
     plus `score`, the weighted sum used to pick the best checkpoint (`monitor.weights`, e.g. 0.5*Bleu_4 +
     0.5*CIDEr as R2GenGPT)."""
-    return score_families(records, scoring)[0]
+    return score_families(records, scoring, nlg_families=False)[0]
 
 
-def score_families(records: Sequence[dict[str, str]], scoring: Scoring | None = None
+def score_families(records: Sequence[dict[str, str]], scoring: Scoring | None = None, nlg_families: bool = True
                    ) -> tuple[dict[str, float], list[Family]]:
     """`score_records`'s scores and the same scores as per-study statistics (for intervals and paired tests),
-    from one pass of the scorers and the labeler."""
+    from one pass of the scorers and the labeler. `nlg_families=False`: only the labeler's (which its scores
+    come from), as validation needs no intervals."""
     scoring = scoring or Scoring()
     preds = [r["prediction"] for r in records]
     refs = [r["reference"] for r in records]
-    scores, families = score_corpus_families(preds, refs)
+    scores, families = score_corpus_families(preds, refs, families=nlg_families)
     labeled = scoring.labeler_families(preds, refs)
     for f in labeled:
         scores.update(f.scores())

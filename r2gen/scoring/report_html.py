@@ -128,7 +128,7 @@ def render(records: Sequence[dict], scores: dict[str, float], meta: dict[str, An
         f"<td class='num'>{_interval(intervals.get(k))}</td>" if intervals else "") + "</tr>"
         for k, v in scores.items() if "/" not in k)  # per-label scores are drawn below
     if intervals:
-        level = meta.get("bootstrap", {}).get("level", 0.95) if isinstance(meta.get("bootstrap"), dict) else 0.95
+        level = meta.get("bootstrap", {}).get("level", 0.95)
         summary = f"<tr><th>score</th><th>value</th><th>{level:.0%} interval</th></tr>" + summary
     f1 = {m[1]: v for k, v in scores.items() if (m := PER_LABEL_F1.fullmatch(k))}
     plots = "".join(_histogram([p[k] for p in per], k) for k in STUDY_SCORES) + (_bars(f1) if f1 else "")

@@ -25,6 +25,7 @@ def format_table(scores: dict[str, float], intervals: dict[str, list[float]] | N
     intervals = intervals or {}
     nlg = [k for k in (*METRIC_NAMES, "score") if k in scores]
     summary: dict[str, dict[str, float]] = {}
+    summary_keys: dict[str, dict[str, str]] = {}  # row -> column -> the score's name, for its interval
     per_label: dict[str, dict[str, float]] = {}
     other = []
     for k, v in scores.items():
@@ -32,6 +33,7 @@ def format_table(scores: dict[str, float], intervals: dict[str, list[float]] | N
             continue
         if m := _SUMMARY.fullmatch(k):
             summary.setdefault(_SUMMARY_ROWS[m[2]], {})[m[1]] = v
+            summary_keys.setdefault(_SUMMARY_ROWS[m[2]], {})[m[1]] = k
         elif m := _PER_LABEL.fullmatch(k):
             per_label.setdefault(m[2], {})[m[1]] = v
         else:
@@ -40,10 +42,6 @@ def format_table(scores: dict[str, float], intervals: dict[str, list[float]] | N
     width = max([len(k) for k in names] + [10])
     lines = [f"  {k:<{width}}  {scores[k]:9.4f}" + (f"  [{intervals[k][0]:.4f}, {intervals[k][1]:.4f}]"
                                                      if k in intervals else "") for k in nlg + other]
-    summary_keys: dict[str, dict[str, str]] = {}  # row -> column -> the score's name, for its interval
-    for k in scores:
-        if m := _SUMMARY.fullmatch(k):
-            summary_keys.setdefault(_SUMMARY_ROWS[m[2]], {})[m[1]] = k
 
     def grid(title: str, rows: dict[str, dict[str, float]], keys: dict[str, dict[str, str]] | None = None) -> None:
         lines.extend(["", f"  {title:<{width}}" + "".join(f"  {c:>9}" for c in _COLS)])
