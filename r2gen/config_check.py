@@ -42,6 +42,8 @@ KINDS = {
     "ckpt_path": {"str", "null"}, "ckpt": {"str"}, "predictions": {"str", "null"}, "input": {"str", "list"},
     "output": {"str", "null"}, "out": {"str"}, "split": {"str", "null"},
     "eval.chexbert": {"str", "null"}, "eval.chexbert_tokenizer": {"str", "null"},
+    "eval.bertscore": {"str", "null"}, "eval.bertscore_layer": {"int", "null"}, "eval.protocol": {"str", "null"},
+    "eval.bertscore_rescale": {"bool", "null"}, "eval.radgraph": {"str", "null"},
     "data.root": {"str"}, "data.train_file": {"str", "null"}, "data.val_file": {"str", "null"},
     "data.test_file": {"str", "null"}, "data.augment": {"str", "bool"}, "data.feature_cache": {"str", "bool", "null"},
     "data.r2gen_annotation": {"str", "null"},

@@ -25,6 +25,7 @@ from r2gen.provenance import write_provenance
 from r2gen.scoring.callback import Evaluation
 from r2gen.scoring.policy import Scoring, score_families
 from r2gen.scoring.predictions_file import match_split, read_predictions, reference_mismatches
+from r2gen.scoring.protocol import protocol
 from r2gen.scoring.results import write_results
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,7 @@ def score_predictions(cfg: DictConfig) -> dict[str, Any]:
         records, coverage = match_split(given, studies, path=str(cfg.predictions), data=cfg.data.name,
                                         split=cfg.split, allow_partial=allow_partial)
         meta = {**meta, "split": cfg.split, "coverage": coverage.meta()}
+    meta["protocol"] = protocol(cfg, scoring, cfg.split if studies is not None else None)
 
     def as_scored(rows: list[dict]) -> list[dict]:
         return scoring.prepare([{**r, "reference": clean(r["reference"])} for r in rows])
@@ -122,6 +124,7 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, A
     evaluation.write_test_results(out, {
         "split": cfg.split, "ckpt": str(cfg.ckpt), "data": run.data.name, "shuffle_images": bool(cfg.shuffle_images),
         "generate": OmegaConf.to_container(run.generate, resolve=True),
+        "protocol": protocol(run, scoring, cfg.split),
     }, dm.splits[cfg.split])
     trainer = build.trainer(run, with_callbacks=False, callbacks=[evaluation])
     loader = dm.test_dataloader() if cfg.split == "test" else dm.val_dataloader()

@@ -16,6 +16,7 @@ from r2gen.resume_check import check_resume
 from r2gen.run_folder import keep_earlier_checkpoints
 from r2gen.scoring.callback import Evaluation
 from r2gen.scoring.policy import Scoring
+from r2gen.scoring.protocol import protocol
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         evaluation.write_test_results(out / "test", {
             "split": "test", "ckpt": best or "final weights", "data": cfg.data.name,
-            "generate": OmegaConf.to_container(cfg.generate, resolve=True)}, dm.splits["test"])
+            "generate": OmegaConf.to_container(cfg.generate, resolve=True),
+            "protocol": protocol(cfg, scoring, "test")}, dm.splits["test"])
         trainer.test(model, datamodule=dm, ckpt_path=best or None)
         metrics.update({f"test/{k}": v for k, v in evaluation.scores.items()})
     return metrics

@@ -305,6 +305,14 @@ def test_train_evaluate_and_predict_on_the_tree(tree, tmp_path, cache_dir):
         m = json.loads((folder / "metrics.json").read_text())
         assert m["data"] == "mimic_cxr_jpg" and m["split"] == "test" and m["n_studies"] == 3
         assert all(math.isfinite(m[k]) for k in METRIC_NAMES)
+        p = m["protocol"]  # the protocol is part of the result
+        assert (p["data"], p["layout"], p["release"], p["target"]) == ("mimic_cxr_jpg", "mimic_cxr_jpg", "2.0.0",
+                                                                       "findings")
+        assert p["split"] == {"scheme": "official (PhysioNet's split file)", "scored": "test"}
+        assert p["images"]["views"] == ["PA", "AP", "LATERAL", "LL"] and p["images"]["per_study"] == 1
+        assert (p["references"], p["clean"], p["labeler"], p["uncertain"]) == ("full", "mimic_cxr", "chexpert",
+                                                                                "negative")
+        assert all(k in m["intervals"] for k in METRIC_NAMES)
         preds = read_jsonl(folder / "predictions.jsonl")
         assert [p["id"] for p in preds] == test_ids
         assert preds[1]["reference"] == clean_report_mimic_cxr("Right basilar atelectasis.")  # the findings only

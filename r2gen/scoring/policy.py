@@ -14,12 +14,17 @@ from functools import cached_property
 
 from r2gen.data.synthetic import FINDINGS
 from r2gen.errors import ConfigError
-from r2gen.scoring.additive import Family
+from r2gen.scoring.additive import Family, mean_family
+from r2gen.scoring.bertscore import BERTScore
+from r2gen.scoring.bertscore import describe as describe_bertscore
 from r2gen.scoring.bootstrap import Bootstrap, intervals
 from r2gen.scoring.chexpert import CHEXPERT_LABELS, ce_family, label_reports, to_binary
 from r2gen.scoring.demo_labeler import finding_family, label_report
 from r2gen.scoring.laterality import laterality_family
 from r2gen.scoring.nlg import score_corpus_families
+from r2gen.scoring.protocol import names as protocol_names
+from r2gen.scoring.radgraph import RadGraphF1
+from r2gen.scoring.radgraph import describe as describe_radgraph
 
 LABELERS = ("demo", "chexpert")
 REFERENCES = ("full", "truncated")
@@ -51,7 +56,11 @@ class Scoring:
     """How a corpus is scored. `labeler`: demo | chexpert | None; `references`: full | truncated (to
     `truncate_words` words); `ce_uncertain`: negative | positive (the CheXpert labeler's UNCERTAIN as 0 or 1);
     `chexbert` / `chexbert_tokenizer`: label with CheXbert weights instead of the rule-based labeler; `bootstrap`:
-    how the intervals of the test scores are drawn (r2gen.scoring.bootstrap)."""
+    how the intervals of the test scores are drawn (r2gen.scoring.bootstrap); `bertscore` (+ `bertscore_layer`,
+    `_rescale`, `_idf`, `_batch_size`) and `radgraph`: local model folders for BERTScore and RadGraph F1 (the
+    optional extras, r2gen.scoring.bertscore / .radgraph), scored beside the others when set; a missing package or
+    folder is an error when the `Scoring` is made, before anything trains; `protocol`: the named protocol
+    (conf/protocol/) the run claims, r2gen.scoring.protocol."""
 
     labeler: str | None = None
     weights: Mapping[str, float] | None = None
@@ -61,6 +70,13 @@ class Scoring:
     chexbert: str | None = None
     chexbert_tokenizer: str | None = None
     bootstrap: Bootstrap = field(default_factory=Bootstrap)
+    bertscore: str | None = None
+    bertscore_layer: int | None = None
+    bertscore_rescale: bool | None = None
+    bertscore_idf: bool = False
+    bertscore_batch_size: int = 64
+    radgraph: str | None = None
+    protocol: str | None = None
 
     def __post_init__(self) -> None:
         if self.labeler not in (None, *LABELERS):
@@ -75,6 +91,13 @@ class Scoring:
         if self.chexbert and self.labeler != "chexpert":
             raise ConfigError(f"eval.chexbert is set but data.labeler={self.labeler!r}: CheXbert labels CheXpert "
                               "observations; set data.labeler=chexpert, or eval.chexbert=null")
+        if not isinstance(self.bertscore_idf, bool):
+            raise ConfigError(f"eval.bertscore_idf={self.bertscore_idf!r}: choose true or false")
+        if self.protocol is not None and (not isinstance(self.protocol, str) or self.protocol not in
+                                          protocol_names()):
+            raise ConfigError(f"eval.protocol={self.protocol!r}: no such protocol; choose protocol=<name> with one "
+                              f"of {', '.join(protocol_names())} (conf/protocol/), or leave it null")
+        self.model_settings  # noqa: B018 - the extras' packages and folders checked now, no model loaded
 
     @classmethod
     def from_config(cls, cfg) -> Scoring:
@@ -83,7 +106,10 @@ class Scoring:
         return cls(labeler=cfg.data.get("labeler"), weights=dict(cfg.monitor.weights or {}) or None,
                    references=e.references, truncate_words=int(cfg.data.max_report_tokens) - 1,
                    ce_uncertain=e.ce_uncertain, chexbert=e.chexbert, chexbert_tokenizer=e.chexbert_tokenizer,
-                   bootstrap=Bootstrap.from_config(e.get("bootstrap")))
+                   bootstrap=Bootstrap.from_config(e.get("bootstrap")), bertscore=e.get("bertscore"),
+                   bertscore_layer=e.get("bertscore_layer"), bertscore_rescale=e.get("bertscore_rescale"),
+                   bertscore_idf=e.get("bertscore_idf", False), bertscore_batch_size=e.get("bertscore_batch_size", 64),
+                   radgraph=e.get("radgraph"), protocol=e.get("protocol"))
 
     @property
     def reference_protocol(self) -> str:
@@ -102,6 +128,40 @@ class Scoring:
         if self.references == "full":
             return [dict(r) for r in records]
         return [{**r, "reference": truncate_reference(r["reference"], self.truncate_words)} for r in records]
+
+    @cached_property
+    def model_settings(self) -> dict[str, dict]:
+        """{"bertscore": how it is computed, "radgraph": ...} for the model-based scores that are on (what
+        metrics.json records beside them); checks each package and folder, loads no model."""
+        out = {}
+        if self.bertscore:
+            out["bertscore"] = describe_bertscore(self.bertscore, **self._bertscore_options)
+        if self.radgraph:
+            out["radgraph"] = describe_radgraph(self.radgraph)
+        return out
+
+    @property
+    def _bertscore_options(self) -> dict:
+        return {"layer": self.bertscore_layer, "rescale": self.bertscore_rescale, "idf": self.bertscore_idf,
+                "batch_size": self.bertscore_batch_size}
+
+    @cached_property
+    def _bertscore(self):
+        return BERTScore(self.bertscore, **self._bertscore_options)
+
+    @cached_property
+    def _radgraph(self):
+        return RadGraphF1(self.radgraph)
+
+    def model_families(self, predictions: Sequence[str], references: Sequence[str]) -> list[Family]:
+        """BERTScore and RadGraph F1 (where their folders are given) as means over studies; the models stay loaded
+        for the next corpus (each validation)."""
+        out = []
+        if self.bertscore:
+            out.append(mean_family(self._bertscore.per_study(predictions, references)))
+        if self.radgraph:
+            out.append(mean_family(self._radgraph.per_study(predictions, references)))
+        return out
 
     @cached_property
     def _chexbert(self):
@@ -165,7 +225,7 @@ def score_families(records: Sequence[dict[str, str]], scoring: Scoring | None = 
     preds = [r["prediction"] for r in records]
     refs = [r["reference"] for r in records]
     scores, families = score_corpus_families(preds, refs, families=nlg_families)
-    labeled = scoring.labeler_families(preds, refs)
+    labeled = scoring.labeler_families(preds, refs) + scoring.model_families(preds, refs)
     for f in labeled:
         scores.update(f.scores())
     if scoring.weights:

@@ -146,8 +146,10 @@ def render(records: Sequence[dict], scores: dict[str, float], meta: dict[str, An
         tds = "".join(f'<td data-v="{_esc(v)}"{" class=txt" if j in (3, 4) else ""}>{shown}</td>'
                       for j, (v, shown) in enumerate(cells))
         rows.append(f"<tr>{tds}</tr>")
-    info = "".join(f"<tr><td>{_esc(k)}</td><td>{_esc(json.dumps(v) if isinstance(v, dict) else v)}</td></tr>"
-                   for k, v in meta.items())
+    shown_meta = {k: v for k, v in meta.items() if k != "protocol"}
+    shown_meta.update({f"protocol.{k}": v for k, v in (meta.get("protocol") or {}).items()})  # a row each
+    info = "".join(f"<tr><td>{_esc(k)}</td><td>{_esc(json.dumps(v) if isinstance(v, (dict, list)) else v)}</td></tr>"
+                   for k, v in shown_meta.items())
     legend = ('<p><span class="chip fp">+label</span> the labeler finds it in the generated report only; '
               '<span class="chip fn">&minus;label</span> in the reference only; <span class="chip fp">&#8646;label: '
               'left vs right</span> stated on another side than in the reference.</p>' if labeled else "")
