@@ -340,3 +340,24 @@ def test_the_reader_and_the_parser_import_only_the_standard_library_and_the_grou
         tops = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         tops |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
         assert tops - {"r2gen"} <= set(sys.stdlib_module_names), tops
+
+
+def test_each_study_is_linked_to_its_subjects_prior_in_its_split(tree, read):
+    """Subjects with several studies: each study's prior is the latest earlier study of its subject and split."""
+    studies = read(tree, "data.target=findings_impression")
+    linked = 0
+    for split, entries in studies.items():
+        by_id = {e["id"]: e for e in entries}
+        for e in entries:
+            assert "prior_id" in e  # every study of this layout has a subject and a time
+            earlier = sorted(o["study_time"] for o in entries
+                             if o["subject_id"] == e["subject_id"] and o["study_time"] < e["study_time"])
+            if e["prior_id"] is None:  # a first study, or its latest earlier study cannot be told (the same time)
+                assert not earlier or earlier[-2:] == [earlier[-1]] * 2
+                continue
+            linked += 1
+            p = by_id[e["prior_id"]]  # in the same split
+            assert p["subject_id"] == e["subject_id"] and p["study_time"] < e["study_time"]
+            assert not any(o["subject_id"] == e["subject_id"] and p["study_time"] < o["study_time"] < e["study_time"]
+                           for o in entries)
+    assert linked > 0

@@ -9,6 +9,11 @@
   `test_file`). An image cell holds one path, several joined with `;`, or (JSONL) a list;
 - `auto`: by the file's suffix (`.json`, `.jsonl`, `.csv`).
 
+A table may also give a study's context (r2gen.data.splits), each column optional and each cell may be empty:
+`indication`, `comparison`, `subject_id`, `study_time` (ISO 8601: `2180-07-15` or `2180-07-15T10:42:00`) and
+`view_positions` (one per image, as the image cell: `PA;LATERAL`, or a JSONL list). Every layout's studies with a
+subject and a time are then linked to their prior study (`prior_id`, r2gen.data.priors).
+
 Training needs all three splits; evaluation only the one it scores (`read_studies(cfg, splits=("test",))`): a table
 with only that split, an annotation.json without the others' keys, or only `data.test_file` set will do.
 
@@ -24,6 +29,7 @@ import json
 from pathlib import Path
 
 from r2gen.data import mimic_cxr_jpg, openi
+from r2gen.data.priors import link_priors, parse_time
 from r2gen.data.splits import SPLIT_NAMES, SPLITS, Studies
 from r2gen.errors import ConfigError, InputError, MissingFileError
 
@@ -37,6 +43,10 @@ def read_studies(cfg, splits: tuple[str, ...] = SPLITS) -> Studies:
     `cfg` is the `data` config node or a plain dict with the same keys. `splits`: the splits the caller needs
     (training: all three; evaluation: the one it scores); a split not needed may be absent from the files (its
     per-split file unset, its key missing from annotation.json) and is then empty."""
+    return link_priors(_read(cfg, splits))
+
+
+def _read(cfg, splits: tuple[str, ...]) -> Studies:
     if cfg.get("format") in LAYOUTS:  # a data set's official layout, read by its own module
         return LAYOUTS[cfg["format"]](cfg, splits)
     files = {s: cfg.get(f"{s}_file") for s in SPLITS}
@@ -196,12 +206,31 @@ def read_table(path: str | Path, fmt: str, image_columns: list[str], split: str 
                              f"unique: remove or rename one")
         seen[sid] = where
         images = [p for c in image_columns for p in cell_paths(row[c])]
-        out[s].append({"id": sid, "report": "" if row["report"] is None else str(row["report"]),
-                       "image_path": images, "split": s})
+        entry = {"id": sid, "report": "" if row["report"] is None else str(row["report"]), "image_path": images,
+                 "split": s}
+        out[s].append({**entry, **context(row, len(images), f"{path} {where}")})
     if not seen:
         header = " or has only a header row" if fmt == "csv" else ""
         raise InputError(f"{path}: no studies in it (the file is empty{header}); expected one row per study with "
                          f"{', '.join(need)}")
+    return out
+
+
+def context(row: dict, n_images: int, where: str) -> dict:
+    """The optional context columns of one table row (module docstring), the empty ones left out."""
+    out = {}
+    for key in ("indication", "comparison", "subject_id"):
+        value = row.get(key)
+        if value is not None and str(value).strip():
+            out[key] = str(value).strip()
+    if (when := parse_time(row.get("study_time"), where)) is not None:
+        out["study_time"] = when
+    views = [v.upper() for v in cell_paths(row.get("view_positions"))]
+    if views:
+        if len(views) != n_images:
+            raise InputError(f"{where}: {len(views)} view_positions for {n_images} images; give one per image, in "
+                             f"the images' order (e.g. PA;LATERAL), or leave the cell empty")
+        out["view_positions"] = views
     return out
 
 

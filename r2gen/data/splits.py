@@ -17,9 +17,11 @@ SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validate": "val"
 # gives them, the context of issue 23 under these keys (a key absent or None: not known):
 #   "indication", "comparison": texts of those report sections; "view_positions": one per image_path entry
 #   ("PA", "AP", "LATERAL", "LL", ...); "subject_id": str; "study_time": ISO 8601 "YYYY-MM-DDTHH:MM:SS";
-#   "findings", "impression": the sections the target was chosen from (data.target).
+#   "findings", "impression": the sections the target was chosen from (data.target);
+#   "prior_id": the id of the study's prior study in the same split (r2gen.data.priors links them after reading).
 Studies = dict[str, list[dict[str, Any]]]
-CONTEXT_KEYS = ("indication", "comparison", "view_positions", "subject_id", "study_time", "findings", "impression")
+CONTEXT_KEYS = ("indication", "comparison", "view_positions", "subject_id", "study_time", "findings", "impression",
+                "prior_id")
 
 # data.target of the official layouts: what the model learns to write
 TARGETS = ("findings", "impression", "findings_impression")
