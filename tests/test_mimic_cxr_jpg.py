@@ -346,7 +346,7 @@ def test_each_study_is_linked_to_its_subjects_prior_in_its_split(tree, read):
     """Subjects with several studies: each study's prior is the latest earlier study of its subject and split."""
     studies = read(tree, "data.target=findings_impression")
     linked = 0
-    for split, entries in studies.items():
+    for entries in studies.values():
         by_id = {e["id"]: e for e in entries}
         for e in entries:
             assert "prior_id" in e  # every study of this layout has a subject and a time
