@@ -56,7 +56,7 @@ def test_the_official_split_with_findings_as_the_target(tree, read):
         "view_positions": ["PA", "LATERAL"], "subject_id": "10000032", "study_time": "2180-05-06T08:45:30",
         "findings": "The lungs are clear. The heart size is normal.",
         "impression": "No acute cardiopulmonary process.", "indication": "___F with cough // eval for pneumonia",
-        "comparison": "Chest radiograph ___.", "split": "train"}
+        "comparison": "Chest radiograph ___.", "split": "train", "prior_id": None}
     for split in got.values():
         for e in split:
             assert all((tree["root"] / p).is_file() for p in e["image_path"])
