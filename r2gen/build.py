@@ -33,6 +33,7 @@ from r2gen.convert import ensure_converted
 from r2gen.data.annotations import SPLITS, read_studies
 from r2gen.data.clean import get_cleaner
 from r2gen.data.collate import Collator
+from r2gen.data.context import Context
 from r2gen.data.datamodule import ReportDataModule
 from r2gen.data.feature_cache import FeatureCache
 from r2gen.data.synthetic import generate_demo
@@ -41,7 +42,7 @@ from r2gen.models import tiny_lm
 from r2gen.models.finding_loss import finding_labels
 from r2gen.models.lm import check_supported
 from r2gen.models.module import R2GenModule
-from r2gen.models.prompt import ReportTargets
+from r2gen.models.prompt import ContextTokens, ReportTargets
 from r2gen.run_folder import claim_run_folder
 from r2gen.scoring.policy import Scoring
 
@@ -124,17 +125,21 @@ def datamodule(cfg: DictConfig, model: R2GenModule, splits: tuple[str, ...] = SP
     labels = None
     if model.finding_head is not None:  # data.finding_loss: the labeler's findings of each training report
         labels = (scoring or Scoring.from_config(cfg)).label_matrix
-    return encoder_datamodule(cfg, model.encoder, model.encoder_mode, targets, labels, splits, model.clean)
+    context = ContextTokens(model.tokenizer, model.context.max_tokens) if model.context.enabled else None
+    return encoder_datamodule(cfg, model.encoder, model.encoder_mode, targets, labels, splits, model.clean,
+                              model.context, context)
 
 
 def encoder_datamodule(cfg: DictConfig, encoder, encoder_mode: str, targets: ReportTargets | None = None,
                        finding_labels: Callable[[Sequence[str]], list[list[int]]] | None = None,
-                       splits: tuple[str, ...] = SPLITS, clean: Callable[[str], str] | None = None) -> ReportDataModule:
+                       splits: tuple[str, ...] = SPLITS, clean: Callable[[str], str] | None = None,
+                       context: Context | None = None, context_tokens: ContextTokens | None = None) -> ReportDataModule:
     """The DataModule for `encoder`: image size and normalisation from its timm data config and, for a frozen encoder
     fed un-augmented images, its feature cache. Without `targets`, batches carry images and report strings only;
     `finding_labels`: reports -> 1/0 per label, for the training studies. `splits`: the splits it reads and serves
     (evaluation: only the one it scores; the others may be absent). `clean`: the run's report cleaner (default:
-    `data.clean`'s)."""
+    `data.clean`'s). `context` / `context_tokens`: the study context each study carries and how the collator
+    tokenizes it (r2gen.data.context; default none)."""
     dc = encoder.data_config()
     size = cfg.data.image_size or dc["input_size"][-1]
     augment = cfg.data.augment
@@ -147,9 +152,9 @@ def encoder_datamodule(cfg: DictConfig, encoder, encoder_mode: str, targets: Rep
     if cache_dir is not None:
         features = FeatureCache(encoder, cache_dir, cfg.data.eval_batch_size, cfg.data.num_workers,
                                 cfg.data.feature_cache_dtype)
-    return ReportDataModule(cfg.data, size, dc["mean"], dc["std"], augment, Collator(targets), features,
-                            finding_labels, check_dir=Path(cfg.paths.cache_dir) / "setup-check", splits=splits,
-                            clean=clean or get_cleaner(cfg.data.clean))
+    return ReportDataModule(cfg.data, size, dc["mean"], dc["std"], augment, Collator(targets, context_tokens),
+                            features, finding_labels, check_dir=Path(cfg.paths.cache_dir) / "setup-check",
+                            splits=splits, clean=clean or get_cleaner(cfg.data.clean), context=context)
 
 
 def feature_cache_dir(cfg: DictConfig, encoder_mode: str, augment: bool) -> Path | None:

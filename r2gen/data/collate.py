@@ -11,16 +11,18 @@ from typing import Any
 
 import torch
 
-from r2gen.models.prompt import ReportTargets
+from r2gen.models.prompt import ContextTokens, ReportTargets
 
 
 class Collator:
     """Studies -> a batch. `ids` and `reports` (lists), `images` [B, V, 3, H, W] or, from a feature cache,
     `features` [B, V, L, C], `view_mask` [B, V]; with `targets`, also `target_ids` [B, R] (right-padded with eos,
-    which the mask hides) and `target_lengths` [B]; `finding_labels` [B, K] when the studies carry them."""
+    which the mask hides) and `target_lengths` [B]; `finding_labels` [B, K] when the studies carry them; with
+    `context` and studies that carry their context text (r2gen.data.context), `context_ids` [B, C] and
+    `context_lengths` [B]."""
 
-    def __init__(self, targets: ReportTargets | None = None):
-        self.targets = targets
+    def __init__(self, targets: ReportTargets | None = None, context: ContextTokens | None = None):
+        self.targets, self.context = targets, context
 
     def __call__(self, batch: list[dict]) -> dict[str, Any]:
         pixels = "features" if "features" in batch[0] else "images"
@@ -34,6 +36,8 @@ class Collator:
             out["finding_labels"] = torch.stack([b["finding_labels"] for b in batch])  # [B, K]
         if self.targets is not None:
             out.update(self.targets.tensors(out["reports"]))
+        if self.context is not None and "context" in batch[0]:
+            out.update(self.context.tensors([b["context"] for b in batch]))
         return out
 
 

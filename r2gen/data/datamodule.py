@@ -23,6 +23,7 @@ from r2gen.data.annotations import SPLITS, read_annotation, read_studies  # noqa
 from r2gen.data.checks import check_studies
 from r2gen.data.clean import get_cleaner
 from r2gen.data.collate import Collator
+from r2gen.data.context import Context
 from r2gen.data.images import load_image
 from r2gen.data.packed import Strings, StudyTable
 from r2gen.data.resumable import ResumableLoader, ResumableRandomSampler, SkippingBatchSampler, worker_init
@@ -46,6 +47,7 @@ class StudyDataset(Dataset):
         self.table = StudyTable(entries, clean)
         self.token_lengths: np.ndarray | None = None  # [N] target tokens per study, for data.group_by_length
         self.finding_labels: torch.Tensor | None = None  # [N, K] 1/0 labels of each report, for data.finding_loss
+        self.context: Strings | None = None  # [N] each study's context text, with context.* on (r2gen.data.context)
 
     @property
     def entries(self) -> StudyTable:
@@ -82,7 +84,10 @@ class StudyDataset(Dataset):
 
     def extras(self, i: int) -> dict[str, Any]:
         """What study `i` carries besides images and report (also served from a feature cache)."""
-        return {} if self.finding_labels is None else {"finding_labels": self.finding_labels[i]}
+        out: dict[str, Any] = {} if self.finding_labels is None else {"finding_labels": self.finding_labels[i]}
+        if self.context is not None:
+            out["context"] = self.context[i]
+        return out
 
 
 class ReportDataModule(pl.LightningDataModule):
@@ -94,12 +99,15 @@ class ReportDataModule(pl.LightningDataModule):
     (reports -> 1/0 per label) gives each training study the labels `data.finding_loss` learns; with
     `check_dir` (r2gen's cache folder), the set-up check remembers the images it found good there. `splits`: the
     splits read, checked and served (training needs all three; evaluation only the one it scores). `clean`: the
-    run's report cleaner (r2gen.data.clean; default: `data.clean`'s)."""
+    run's report cleaner (r2gen.data.clean; default: `data.clean`'s). `context`: which parts of a study's context
+    each study carries as text (r2gen.data.context; default none)."""
 
     def __init__(self, cfg, image_size: int, mean, std, augment: bool, collator: Collator | None = None,
                  features=None, finding_labels=None, check_dir: str | Path | None = None,
-                 splits: tuple[str, ...] = SPLITS, clean: Callable[[str], str] | None = None):
+                 splits: tuple[str, ...] = SPLITS, clean: Callable[[str], str] | None = None,
+                 context: Context | None = None):
         super().__init__()
+        self.context = context or Context()
         self.cfg, self.check_dir, self.needed = cfg, check_dir, tuple(splits)
         self.image_size, self.mean, self.std, self.augment = image_size, tuple(mean), tuple(std), augment
         self.collator, self.features = collator or Collator(), features
@@ -124,6 +132,8 @@ class ReportDataModule(pl.LightningDataModule):
         for split in self.needed:
             tf = image_transform(self.image_size, self.mean, self.std, self.augment and split == "train")
             self.splits[split] = StudyDataset(ann[split], image_dir, tf, self.cfg.num_views, clean, self.max_pixels)
+            if self.context.enabled:
+                self.splits[split].context = Strings(self.context.texts(ann[split], clean))
         if self.cfg.group_by_length and "train" in self.splits:
             if self.collator.targets is None:
                 raise ValueError("data.group_by_length needs a collator with the LM's ReportTargets")

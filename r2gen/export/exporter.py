@@ -29,6 +29,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from r2gen.build import cli_overrides, datamodule, load_model, rebuild
+from r2gen.data.context import Context
 from r2gen.errors import ConfigError, StorageError, UnsafeWriteError, UserError
 from r2gen.export.model_card import lm_card, model_card
 from r2gen.models.lm import checkpoint_generation
@@ -67,6 +68,11 @@ def export(cfg: DictConfig, overrides: list[str] | None = None) -> Path:
         raise ConfigError(f"quant={which}: the run's LM is quantized, and an export holds full-precision weights; add "
                           f"quant=none to merge the adapters into the LM's full-precision weights (its reports may "
                           f"then differ slightly from predict.py's on the quantized LM)")
+    context = Context.from_config(run.get("context"))
+    if cfg.part == "all" and context.enabled:
+        raise ConfigError(f"context.{'/'.join(context.parts)}=true: the run's model reads each study's context, which "
+                          f"the exported folder's generate() does not take yet; export part=lm, or use the "
+                          f"checkpoint with evaluate.py")
     if cfg.part == "all" and run.lm.trust_remote_code:
         raise ConfigError(f"lm.trust_remote_code=true: the LM {run.lm.name_or_path} runs its own code, which an "
                           f"exported folder cannot carry next to r2gen's; export part=lm, or train with a native "

@@ -20,11 +20,12 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
 from r2gen.checkpoint import payload
+from r2gen.data.context import Context
 from r2gen.errors import InputError
 from r2gen.models.encoder import ImageEncoder
 from r2gen.models.finding_loss import FindingHead
 from r2gen.models.lm import generation_config, is_encoder_decoder, load_lm, quantization_config
-from r2gen.models.prompt import Prompt, decode_reports, lm_inputs
+from r2gen.models.prompt import Prompt, context_of, decode_reports, lm_inputs
 from r2gen.models.trainable import apply_align, apply_lm_training, count_params
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ class R2GenModule(pl.LightningModule):
         self.lm_identity = lm_identity
         self.prompt = Prompt(self.tokenizer, cfg.lm.prompt.text, cfg.lm.prompt.template, cfg.lm.add_bos,
                              self.encoder_decoder)
+        self.context = Context.from_config(cfg.get("context"))  # what of a study's context the LM reads
         self.gen_config = generation_config(self.lm_model, self.tokenizer,
                                             OmegaConf.to_container(cfg.generate, resolve=True))
         self.clean = clean
@@ -143,7 +145,7 @@ class R2GenModule(pl.LightningModule):
         (`finding_labels`) predicted from the mean image token; `loss`: lm + data.finding_loss * finding."""
         tokens, mask = self.image_tokens(batch.get("images"), batch["view_mask"], batch.get("features"))
         inputs = lm_inputs(self.embed, self.prompt, self.project(tokens), mask, batch["target_ids"],
-                           batch["target_lengths"], self.encoder_decoder)
+                           batch["target_lengths"], self.encoder_decoder, self._context(batch))
         out = {"lm": self.lm_model(**inputs).loss}
         out["loss"] = out["lm"]
         if self.finding_head is not None and "finding_labels" in batch:
@@ -155,14 +157,29 @@ class R2GenModule(pl.LightningModule):
         """The training loss (see `losses`)."""
         return self.losses(batch)["loss"]
 
+    def _context(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The batch's context tokens for a model that reads them (context.*: r2gen.data.context); a batch without
+        them for such a model is an error, not a report written without the context it learned to read."""
+        if not self.context.enabled:
+            return None
+        context = context_of(batch)
+        if context is None:
+            raise InputError(f"this model reads each study's {', '.join(self.context.parts)} (it was trained with "
+                             f"context.{'/'.join(self.context.parts)}=true), which these studies do not come with; "
+                             f"predict.py and the app cannot give a study's context yet: evaluate it with evaluate.py "
+                             f"on a data set whose studies carry it")
+        return context
+
     @torch.no_grad()
     def generate(self, images: torch.Tensor | None, view_mask: torch.Tensor,
-                 features: torch.Tensor | None = None) -> list[str]:
+                 features: torch.Tensor | None = None, batch: dict[str, Any] | None = None) -> list[str]:
         """Reports for a batch of studies (images, or cached `features`) as people read them: cleaned with the data
         set's policy, then detokenized (`no pneumothorax.`; r2gen.data.clean). `self.clean` of one gives the text
-        scoring sees (`no pneumothorax .`)."""
+        scoring sees (`no pneumothorax .`). `batch`: the collated batch, for the context tokens of a model that
+        reads them."""
         img, mask = self.encode_images(images, view_mask, features)
-        inputs = lm_inputs(self.embed, self.prompt, img, mask, encoder_decoder=self.encoder_decoder)
+        inputs = lm_inputs(self.embed, self.prompt, img, mask, encoder_decoder=self.encoder_decoder,
+                           context=self._context(batch or {}))
         out = self.lm_model.generate(**inputs, generation_config=self.gen_config)
         return decode_reports(self.tokenizer, out, self.clean, self.encoder_decoder)
 
@@ -178,14 +195,15 @@ class R2GenModule(pl.LightningModule):
     def validation_step(self, batch, batch_idx) -> list[str]:
         """The batch's generated reports as scored (cleaned, like the references); the evaluation callback
         (r2gen.scoring.callback) records and scores them, and the results files show them detokenized."""
-        return [self.clean(t) for t in self.generate(batch.get("images"), batch["view_mask"], batch.get("features"))]
+        return [self.clean(t) for t in self.generate(batch.get("images"), batch["view_mask"], batch.get("features"),
+                                                     batch)]
 
     def test_step(self, batch, batch_idx) -> list[str]:
         return self.validation_step(batch, batch_idx)
 
     def predict_step(self, batch, batch_idx) -> list[str]:
         """The batch's reports as people read them (predict.py, the app)."""
-        return self.generate(batch.get("images"), batch["view_mask"], batch.get("features"))
+        return self.generate(batch.get("images"), batch["view_mask"], batch.get("features"), batch)
 
     # --- optimisation --------------------------------------------------------------------------------
     def configure_optimizers(self):

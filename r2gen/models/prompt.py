@@ -90,16 +90,23 @@ class Prompt:
 
 def assemble(embed: Callable[[torch.Tensor], torch.Tensor], prompt: Prompt, image_tokens: torch.Tensor,
              image_mask: torch.Tensor, target_ids: torch.Tensor | None = None,
-             target_lengths: torch.Tensor | None = None, padding_side: str = "right"):
+             target_lengths: torch.Tensor | None = None, padding_side: str = "right",
+             context: tuple[torch.Tensor, torch.Tensor] | None = None):
     """inputs_embeds [B, L, H], attention_mask [B, L] and (with targets) labels [B, L].
 
     image_tokens: [B, T, H] already projected into the LM's embedding space; image_mask: [B, T] (absent views);
     target_ids [B, R] / target_lengths [B]: the reports' token ids as the collator gives them
-    (r2gen.data.collate), study i's first target_lengths[i] ids are its report and eos.
+    (r2gen.data.collate), study i's first target_lengths[i] ids are its report and eos. `context`: each study's
+    context text as (`context_ids` [B, C], `context_lengths` [B]) (`ContextTokens`), read right after the prompt's
+    prefix and before the image: `[bos] prefix context <image tokens> suffix [report eos]`.
     """
     device, dtype = image_tokens.device, image_tokens.dtype
     b, h = image_tokens.shape[0], image_tokens.shape[-1]
     pre = embed(torch.tensor(prompt.prefix, dtype=torch.long, device=device)).to(dtype)  # [P, H]
+    ctx_emb, ctx_lengths = None, [0] * b
+    if context is not None:
+        ctx_emb = embed(context[0].to(device)).to(dtype)  # [B, C, H]
+        ctx_lengths = context[1].tolist()
     tail_ids = torch.tensor(prompt.suffix, dtype=torch.long, device=device).expand(b, -1)  # [B, S]
     tail_lengths = [len(prompt.suffix)] * b
     if target_ids is not None:  # the report follows the suffix: one embedding call for both
@@ -110,8 +117,9 @@ def assemble(embed: Callable[[torch.Tensor], torch.Tensor], prompt: Prompt, imag
     seqs, n_ctx = [], []
     for i in range(b):
         img = image_tokens[i][image_mask[i]]  # [T_i, H]
-        seqs.append(torch.cat([pre, img, tail_emb[i, : tail_lengths[i]]]))
-        n_ctx.append(len(prompt.prefix) + img.shape[0] + len(prompt.suffix))
+        parts = [pre] if ctx_emb is None else [pre, ctx_emb[i, : ctx_lengths[i]]]
+        seqs.append(torch.cat([*parts, img, tail_emb[i, : tail_lengths[i]]]))
+        n_ctx.append(len(prompt.prefix) + ctx_lengths[i] + img.shape[0] + len(prompt.suffix))
 
     length = max(s.shape[0] for s in seqs)
     inputs = image_tokens.new_zeros(b, length, h)
@@ -129,18 +137,20 @@ def assemble(embed: Callable[[torch.Tensor], torch.Tensor], prompt: Prompt, imag
 
 def lm_inputs(embed: Callable[[torch.Tensor], torch.Tensor], prompt: Prompt, image_tokens: torch.Tensor,
               image_mask: torch.Tensor, target_ids: torch.Tensor | None = None,
-              target_lengths: torch.Tensor | None = None, encoder_decoder: bool = False) -> dict[str, torch.Tensor]:
+              target_lengths: torch.Tensor | None = None, encoder_decoder: bool = False,
+              context: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """The keyword arguments the LM is called with: for training (with targets) its `forward`, whose `.loss` is the
     report loss; without targets its `generate`. `inputs_embeds` and `attention_mask` always; `labels` with targets,
     over the whole sequence for a decoder-only LM (-100 outside the report, `assemble`), over the report alone for an
-    encoder-decoder, whose decoder shifts them right itself."""
+    encoder-decoder, whose decoder shifts them right itself. `context`: as `assemble` takes it (None: no context)."""
     if not encoder_decoder:
         if target_ids is None:
-            inputs, attn = assemble(embed, prompt, image_tokens, image_mask, padding_side="left")
+            inputs, attn = assemble(embed, prompt, image_tokens, image_mask, padding_side="left", context=context)
             return {"inputs_embeds": inputs, "attention_mask": attn}
-        inputs, attn, labels = assemble(embed, prompt, image_tokens, image_mask, target_ids, target_lengths, "right")
+        inputs, attn, labels = assemble(embed, prompt, image_tokens, image_mask, target_ids, target_lengths, "right",
+                                        context=context)
         return {"inputs_embeds": inputs, "attention_mask": attn, "labels": labels}
-    inputs, attn = assemble(embed, prompt, image_tokens, image_mask, padding_side="right")
+    inputs, attn = assemble(embed, prompt, image_tokens, image_mask, padding_side="right", context=context)
     if target_ids is None:
         return {"inputs_embeds": inputs, "attention_mask": attn}
     lengths = target_lengths.to(inputs.device)
@@ -172,6 +182,30 @@ class ReportTargets:
         width = max(len(t) for t in ids)
         return {"target_ids": torch.tensor([t + [self.eos_id] * (width - len(t)) for t in ids], dtype=torch.long),
                 "target_lengths": torch.tensor([len(t) for t in ids], dtype=torch.long)}
+
+
+class ContextTokens:
+    """A study's context text (r2gen.data.context) -> the ids the LM reads before the image: tokenized without
+    special tokens and cut to its first `max_tokens` (`context.max_tokens`); the report target is never cut for it."""
+
+    def __init__(self, tokenizer, max_tokens: int):
+        self.tokenizer, self.max_tokens = tokenizer, int(max_tokens)
+
+    def __call__(self, texts: Sequence[str]) -> list[list[int]]:
+        ids = self.tokenizer(list(texts), add_special_tokens=False).input_ids
+        return [t[: self.max_tokens] for t in ids]
+
+    def tensors(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """`context_ids` [B, C], right-padded with 0 (masked by the lengths), and `context_lengths` [B]."""
+        ids = self(texts)
+        width = max(1, max(len(t) for t in ids))
+        return {"context_ids": torch.tensor([t + [0] * (width - len(t)) for t in ids], dtype=torch.long),
+                "context_lengths": torch.tensor([len(t) for t in ids], dtype=torch.long)}
+
+
+def context_of(batch) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(`context_ids`, `context_lengths`) of a batch that carries them (the collator's keys), else None."""
+    return (batch["context_ids"], batch["context_lengths"]) if "context_ids" in batch else None
 
 
 def decode_reports(tokenizer, ids: torch.Tensor, clean: Callable[[str], str], encoder_decoder: bool = False) -> list[str]:

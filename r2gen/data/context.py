@@ -1,0 +1,73 @@
+"""A study's context as text the LM reads before the image: its indication, its comparison line and its prior
+study's report, each by config (`context.indication`, `context.comparison`, `context.prior_report`; all off by
+default and in the R2GenGPT recipes, so their numbers stay comparable).
+
+`Context.from_config(cfg.context)` says which parts are on; `Context.texts(entries, clean)` gives one text per
+study of a split, in order: the parts that are on, each as `<name>: <text>` cleaned with the data set's report
+cleaner (the prior report is the prior study's report as the model learns to write it) and ended with a full
+stop, joined by spaces. A part the study does not have is written as `<name>: none.`, so the model can tell a
+missing indication or a first study (no prior) from one it was not shown. A prior is the study's `prior_id` in the
+same split (r2gen.data.priors); one the set-up check dropped (`data.on_bad_sample=skip`) counts as none.
+How many tokens of it the LM reads is `context.max_tokens` (r2gen.models.prompt.ContextTokens); the report target
+is never cut for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from r2gen.errors import ConfigError
+
+PARTS = ("indication", "comparison", "prior_report")  # in the order they are written
+KEYS = (*PARTS, "max_tokens")
+
+
+@dataclass(frozen=True)
+class Context:
+    indication: bool = False
+    comparison: bool = False
+    prior_report: bool = False
+    max_tokens: int = 128
+
+    @classmethod
+    def from_config(cls, node: Mapping | None) -> Context:
+        """From the `context` config node (None or absent, e.g. a checkpoint from before it: all off)."""
+        node = dict(node or {})
+        unknown = sorted(set(node) - set(KEYS))
+        if unknown:
+            raise ConfigError(f"context has unknown key(s) {unknown}: it takes {', '.join(KEYS)}")
+        for k in PARTS:
+            if not isinstance(node.get(k, False), bool):
+                raise ConfigError(f"context.{k}={node[k]!r}: choose true or false")
+        budget = node.get("max_tokens", cls.max_tokens)
+        if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+            raise ConfigError(f"context.max_tokens={budget!r}: the most context tokens the LM reads, a positive "
+                              f"integer (e.g. 128)")
+        return cls(**{k: node.get(k, False) for k in PARTS}, max_tokens=budget)
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        return tuple(k for k in PARTS if getattr(self, k))
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.parts)
+
+    def texts(self, entries: Sequence[Mapping[str, Any]], clean: Callable[[str], str]) -> list[str]:
+        """One context text per study of `entries` (a split's studies, in order)."""
+        reports = {str(e["id"]): e["report"] for e in entries} if self.prior_report else {}
+        out = []
+        for e in entries:
+            written = []
+            for part in self.parts:
+                if part == "prior_report":
+                    prior = e.get("prior_id")
+                    text = reports.get(str(prior)) if prior is not None else None
+                else:
+                    text = e.get(part)
+                text = clean(text).strip() if isinstance(text, str) else ""
+                written.append(f"{part.replace('_', ' ')}: {text.rstrip(' .') or 'none'}.")
+            out.append(" ".join(written))
+        return out

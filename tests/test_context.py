@@ -1,0 +1,150 @@
+"""A study's context in the prompt (context.indication, context.comparison, context.prior_report): the texts, their
+tokens in the LM's input before the image, the report target untouched, and a run that trains, evaluates and refuses
+what cannot give the context yet."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from r2gen.data.clean import clean_report_iu_xray
+from r2gen.data.context import Context
+from r2gen.data.synthetic import generate_demo
+from r2gen.errors import ConfigError, InputError
+from r2gen.models.prompt import ContextTokens, Prompt, assemble
+
+from .helpers.config import SMALL, compose_cfg
+
+
+def test_context_texts_name_each_part_and_say_none():
+    ctx = Context.from_config({"indication": True, "prior_report": True})
+    entries = [{"id": "a", "report": "Heart size is normal.", "indication": "Cough.", "prior_id": None},
+               {"id": "b", "report": "New small left effusion.", "prior_id": "a"},
+               {"id": "c", "report": "x", "indication": "Dyspnea", "prior_id": "gone"}]  # a prior the check dropped
+    assert ctx.texts(entries, clean_report_iu_xray) == [
+        "indication: cough. prior report: none.",
+        "indication: none. prior report: heart size is normal.",
+        "indication: dyspnea. prior report: none."]
+    assert not Context.from_config(None).enabled and Context.from_config({}).parts == ()
+    with pytest.raises(ConfigError, match=r"context has unknown key\(s\) \['prior_images'\]"):
+        Context.from_config({"prior_images": True})
+    with pytest.raises(ConfigError, match=r"context.indication='yes': choose true or false"):
+        Context.from_config({"indication": "yes"})
+    with pytest.raises(ConfigError, match=r"context.max_tokens=0"):
+        Context.from_config({"indication": True, "max_tokens": 0})
+
+
+class _Tok:
+    """Whitespace 'tokenizer': id = 10 + position of the word in a fixed list."""
+    words = "human: assistant: indication: cough. none. prior report: a b c d e f".split()
+    bos_token_id, eos_token_id, chat_template = 1, 2, None
+
+    def __call__(self, text, add_special_tokens=False):
+        texts = [text] if isinstance(text, str) else text
+        ids = [[10 + self.words.index(w) for w in t.split()] for t in texts]
+        return type("E", (), {"input_ids": ids[0] if isinstance(text, str) else ids})()
+
+
+def test_context_tokens_go_between_the_prefix_and_the_image_and_leave_the_report_alone():
+    tok = _Tok()
+    prompt = Prompt(tok, "human: <image> assistant:", add_bos=False)
+    embed = lambda ids: torch.nn.functional.one_hot(ids, 40).float()  # noqa: E731 - id readable from the vector
+    img = torch.zeros(2, 3, 40)
+    img[..., 39] = 1  # image tokens: id 39
+    mask = torch.tensor([[True, True, False], [True, True, True]])
+    targets = torch.tensor([[5, 6, 2], [7, 2, 2]])
+    lengths = torch.tensor([3, 2])
+    ctx = ContextTokens(tok, max_tokens=4).tensors(["indication: cough. prior report: a b c", "indication: none."])
+    assert ctx["context_lengths"].tolist() == [4, 2]  # cut to context.max_tokens
+    inputs, attn, labels = assemble(embed, prompt, img, mask, targets, lengths, context=(ctx["context_ids"],
+                                                                                          ctx["context_lengths"]))
+    plain_inputs, _, plain_labels = assemble(embed, prompt, img, mask, targets, lengths)
+    ids = inputs.argmax(-1)
+    w = {x: 10 + i for i, x in enumerate(tok.words)}
+    assert ids[0, :9].tolist() == [w["human:"], w["indication:"], w["cough."], w["prior"], w["report:"], 39, 39,
+                                   w["assistant:"], 5]
+    assert ids[1, :5].tolist() == [w["human:"], w["indication:"], w["none."], 39, 39]
+    for i in range(2):  # the same report and eos learned, only shifted by the context
+        assert labels[i][labels[i] != -100].tolist() == plain_labels[i][plain_labels[i] != -100].tolist()
+    assert attn.sum(1).tolist() == [1 + 4 + 2 + 1 + 3, 1 + 2 + 3 + 1 + 2]  # prefix, context, image, suffix, report
+    assert inputs.shape[1] == plain_inputs.shape[1] + 4
+
+
+@pytest.fixture(scope="module")
+def longitudinal_table(tmp_path_factory):
+    """A custom table over a tiny demo set's images: every subject has two studies a day apart, with indications."""
+    root = tmp_path_factory.mktemp("ctx")
+    demo = json.loads(generate_demo(root / "demo", n_train=16, n_val=4, n_test=4, image_size=32).read_text())
+    rows = []
+    for split, entries in demo.items():
+        for k, e in enumerate(entries):
+            rows.append({"id": e["id"], "report": e["report"], "image_path": ";".join(e["image_path"]),
+                         "split": split, "subject_id": f"{split}{k // 2}", "study_time": f"2180-01-0{1 + k % 2}",
+                         "indication": "cough" if k % 3 else "", "comparison": ""})
+    with open(root / "studies.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return root
+
+
+def _overrides(root: Path) -> list[str]:
+    small = [o for o in SMALL if not o.startswith("data.demo.")]
+    return ["data=custom", f"data.root={root}", f"data.annotation={root / 'studies.csv'}",
+            f"data.image_dir={root / 'demo' / 'images'}", "data.image_size=32", "data.num_workers=0",
+            "data.labeler=demo", "context.indication=true", "context.prior_report=true", *small]
+
+
+def test_a_run_with_context_trains_evaluates_and_says_what_cannot_give_it(longitudinal_table, tmp_path, cache_dir):
+    from r2gen import build
+    from r2gen.evaluate import evaluate
+    from r2gen.export import export
+    from r2gen.predict import predict
+    from r2gen.train import train
+
+    root = longitudinal_table
+    cfg = compose_cfg("config", _overrides(root), tmp_path / "run", cache_dir)
+    model = build.model(cfg)
+    dm = build.datamodule(cfg, model)
+    dm.setup()
+    batch = next(iter(dm.val_dataloader()))
+    texts = model.tokenizer.batch_decode([ids[:n] for ids, n in zip(batch["context_ids"],
+                                                                     batch["context_lengths"], strict=True)])
+    assert all(t.startswith("indication:") and "prior report:" in t for t in texts)
+    val = dm.splits["val"]
+    first, second = val.entries[0], val.entries[1]  # subject val0: a first study, then its follow-up
+    assert val.context[0].endswith("prior report: none.")
+    assert val.context[1].endswith(f"prior report: {first['report'].rstrip(' .')}.") and second["id"] != first["id"]
+
+    metrics = train(cfg)
+    assert "test/Bleu_4" in metrics
+    best = tmp_path / "run" / "checkpoints" / "best.ckpt"
+    ev = [f"ckpt={best}", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false"]
+    scores = evaluate(compose_cfg("evaluate", ev, tmp_path / "ev", cache_dir), overrides=ev)
+    assert "Bleu_4" in scores  # the checkpoint's context settings came with it
+    pr = [f"ckpt={best}", f"input={root / 'demo' / 'images' / first['id']}"]
+    with pytest.raises(InputError, match=r"this model reads each study's indication, prior_report .*predict.py and "
+                                         r"the app cannot give a study's context yet"):
+        predict(compose_cfg("predict", pr, tmp_path / "pr", cache_dir), overrides=pr)
+    ex = [f"ckpt={best}", f"out={tmp_path / 'export'}"]
+    with pytest.raises(ConfigError, match=r"context.indication/prior_report=true: .*export part=lm"):
+        export(compose_cfg("export", ex, tmp_path / "ex", cache_dir), overrides=ex)
+    assert not (tmp_path / "export").exists()
+
+
+def test_context_with_the_feature_cache(longitudinal_table, tmp_path, cache_dir):
+    """align=shallow serves the frozen encoder's cached features; each study still carries its context."""
+    from r2gen import build
+
+    cfg = compose_cfg("config", [*_overrides(longitudinal_table), "align=shallow", "data.feature_cache=auto",
+                                 "encoder.pretrained=false"], tmp_path / "run", cache_dir)
+    model = build.model(cfg)
+    dm = build.datamodule(cfg, model)
+    batch = next(iter(dm.train_dataloader()))
+    assert "features" in batch and "context_ids" in batch
+    loss = model.losses(batch)["loss"]
+    assert torch.isfinite(loss)
