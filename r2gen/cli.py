@@ -21,6 +21,13 @@ def evaluate_main():
     return module_main(evaluate, config_name="evaluate")
 
 
+def compare_main():
+    """`r2gen-compare a=<run A> b=<run B> [key=value ...]`: python -m r2gen.compare, a paired test of two systems."""
+    from r2gen.compare import main
+
+    return main()
+
+
 def predict_main():
     """`r2gen-predict ckpt=... input=... [output=...]`: predict.py for an installed r2gen."""
     from r2gen.predict import predict

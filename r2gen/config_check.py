@@ -40,7 +40,7 @@ OPEN = {"generate", "quant", "logger", "callbacks", "hydra", "encoder.kwargs", "
 # Kinds the shipped defaults cannot say (their default is null or `???`, or the key takes several kinds of value).
 KINDS = {
     "ckpt_path": {"str", "null"}, "ckpt": {"str"}, "predictions": {"str", "null"}, "input": {"str", "list"},
-    "output": {"str", "null"}, "out": {"str"}, "split": {"str", "null"},
+    "output": {"str", "null"}, "out": {"str"}, "split": {"str", "null"}, "a": {"str"}, "b": {"str"},
     "eval.chexbert": {"str", "null"}, "eval.chexbert_tokenizer": {"str", "null"},
     "eval.bertscore": {"str", "null"}, "eval.bertscore_layer": {"int", "null"}, "eval.protocol": {"str", "null"},
     "eval.bertscore_rescale": {"bool", "null"}, "eval.radgraph": {"str", "null"},
@@ -234,8 +234,10 @@ def check_config(cfg: DictConfig, config_name: str | None = None) -> None:
 
         config_name = HydraConfig.get().job.config_name if HydraConfig.initialized() else None
     # `evaluate.py predictions=<file>` reads the data block only when `data.root` is given (a split to match the file
-    # against): without it, `data.*` values left at `???` are not needed.
-    optional = ("data",) if OmegaConf.select(cfg, "predictions", default=None) else ()
+    # against), and `r2gen-compare a=... b=...` only its cleaning and labeler: without it, `data.*` values left at
+    # `???` are not needed.
+    reads_files = OmegaConf.select(cfg, "predictions", default=None) or config_name == "compare"
+    optional = ("data",) if reads_files else ()
     _check_node(cfg, schema(config_name), "", optional)
 
 

@@ -33,11 +33,12 @@ def _what(value: Any) -> str:
     return "a list" if isinstance(value, list) else "an object" if isinstance(value, dict) else repr(value)
 
 
-def read_predictions(path: str | Path, references: bool = True) -> list[dict[str, str]]:
+def read_predictions(path: str | Path, references: bool = True, key: str = "predictions") -> list[dict[str, str]]:
     """The file's `{"id", "prediction"[, "reference"]}` records, in file order, ids as strings. `references`: the
     file's references are the ones scored, so every line needs one; without, `reference` may be left out (a
-    string one is kept, for `reference_mismatches`). A bad line is an `InputError` naming its number and id."""
-    name = f"predictions={path}"
+    string one is kept, for `reference_mismatches`). A bad line is an `InputError` naming its number and id, and
+    the config key that named the file (`key`: predictions, or compare's a / b)."""
+    name = f"{key}={path}"
     p = Path(str(path)).expanduser()
     if not p.is_file():
         raise MissingFileError(f"{name}: no such file (expected JSONL: one {{id, prediction, reference}} per line)")
