@@ -30,7 +30,8 @@ from r2gen.scoring import METRIC_NAMES
 from r2gen.scoring.bootstrap import paired
 from r2gen.scoring.coverage import first_ids
 from r2gen.scoring.policy import Scoring, score_families
-from r2gen.scoring.predictions_file import read_predictions
+from r2gen.scoring.predictions_file import as_scored, read_predictions
+from r2gen.scoring.protocol import protocol
 
 log = logging.getLogger(__name__)
 # Where a run folder keeps its predictions: an evaluate run's own, then a training run's test.
@@ -54,10 +55,10 @@ def resolve(key: str, value: Any) -> Path:
     return path
 
 
-def read_side(key: str, path: Path, as_scored: Callable[[list[dict]], list[dict]]) -> dict[str, dict[str, str]]:
-    """id -> the record as scored (both sides cleaned, the reference as `eval.references` says), in file order."""
-    rows = read_predictions(path, references=True, key=key)
-    return {r["id"]: r for r in as_scored(rows)}
+def read_side(key: str, path: Path, clean: Callable[[str], str], scoring: Scoring) -> dict[str, dict[str, str]]:
+    """id -> the record as scored (both sides cleaned, the reference as `eval.references` says: `as_scored`, as
+    evaluate.py reads a predictions file), in file order."""
+    return {r["id"]: r for r in as_scored(read_predictions(path, references=True, key=key), clean, scoring)}
 
 
 def check_same_studies(a: dict[str, dict], b: dict[str, dict], a_path: Path, b_path: Path) -> None:
@@ -104,14 +105,9 @@ def compare(cfg: DictConfig) -> dict[str, dict[str, float]]:
         raise ConfigError("eval.bootstrap.resamples=0: compare draws its interval and p-value from resamples; set "
                           "eval.bootstrap.resamples=1000 (or leave it at its default)")
     clean = get_cleaner(cfg.data.clean)
-
-    def as_scored(rows: list[dict]) -> list[dict]:  # as evaluate.py's score_predictions
-        return scoring.prepare([{**r, "prediction": clean(r["prediction"]), "reference": clean(r["reference"])}
-                                for r in rows])
-
     a_path, b_path = resolve("a", cfg.a), resolve("b", cfg.b)
-    a = read_side("a", a_path, as_scored)
-    b = read_side("b", b_path, as_scored)
+    a = read_side("a", a_path, clean, scoring)
+    b = read_side("b", b_path, clean, scoring)
     check_same_studies(a, b, a_path, b_path)
     ids = list(a)  # a's file order; b paired to it by id
     _, fa = score_families([a[i] for i in ids], scoring)
@@ -122,7 +118,7 @@ def compare(cfg: DictConfig) -> dict[str, dict[str, float]]:
     out = build.output_dir(cfg)
     body = {"a": str(a_path), "b": str(b_path), "n_studies": len(ids), "data": cfg.data.name,
             "clean": cfg.data.clean, "references": scoring.reference_protocol, "labeler": scoring.labeler_name,
-            "bootstrap": how.method(fa), "scores": result}
+            "protocol": protocol(cfg, scoring, None), "bootstrap": how.method(fa), "scores": result}
     (out / "compare.json").write_text(json.dumps(body, indent=2) + "\n")
     print(f"\nA = {a_path}\nB = {b_path}\n{len(ids)} studies; A-B with its paired-bootstrap {how.level:.0%} interval "
           f"({how.resamples} resamples) and the approximate-randomization p-value ({out / 'compare.json'}):\n"

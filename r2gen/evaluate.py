@@ -24,7 +24,7 @@ from r2gen.errors import ConfigError, InputError
 from r2gen.provenance import write_provenance
 from r2gen.scoring.callback import Evaluation
 from r2gen.scoring.policy import Scoring, score_families
-from r2gen.scoring.predictions_file import match_split, read_predictions, reference_mismatches
+from r2gen.scoring.predictions_file import as_scored, match_split, read_predictions, reference_mismatches
 from r2gen.scoring.protocol import protocol
 from r2gen.scoring.results import write_results
 
@@ -86,11 +86,9 @@ def score_predictions(cfg: DictConfig) -> dict[str, Any]:
         meta = {**meta, "split": cfg.split, "coverage": coverage.meta()}
     meta["protocol"] = protocol(cfg, scoring, cfg.split if studies is not None else None)
 
-    def as_scored(rows: list[dict]) -> list[dict]:
-        return scoring.prepare([{**r, "reference": clean(r["reference"])} for r in rows])
-
-    records = as_scored([{**r, "prediction": clean(r["prediction"])} for r in records])
-    if studies is not None and (differ := reference_mismatches(records, given, as_scored)):
+    records = as_scored(records, clean, scoring)
+    if studies is not None and (differ := reference_mismatches(records, given,
+                                                               lambda rows: as_scored(rows, clean, scoring))):
         log.warning("predictions=%s: the reference of %d studies differs from data=%s's %s split (first: %s); "
                     "scored against the split's", cfg.predictions, len(differ), cfg.data.name, cfg.split,
                     ", ".join(differ[:5]))

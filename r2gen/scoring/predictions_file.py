@@ -103,6 +103,13 @@ def match_split(records: Sequence[dict[str, str]], studies: Sequence[dict[str, A
     return scored, Coverage(split, len(reports), tuple(missing), why)
 
 
+def as_scored(rows: Sequence[dict[str, str]], clean: Callable[[str], str], scoring) -> list[dict[str, str]]:
+    """Records of a predictions file as they are scored: `prediction` and `reference` (those present) cleaned with
+    the data set's cleaner, then the reference protocol applied (`scoring`: r2gen.scoring.policy.Scoring). How
+    `evaluate.py predictions=` and `r2gen-compare` both read a file, so they score it alike."""
+    return scoring.prepare([{**r, **{k: clean(r[k]) for k in ("prediction", "reference") if k in r}} for r in rows])
+
+
 def reference_mismatches(scored: Sequence[dict[str, str]], records: Sequence[dict[str, str]],
                          as_scored: Callable[[list[dict]], list[dict]]) -> list[str]:
     """Ids whose `reference` in the file differs from the reference scored (`scored`, already as scored), the
