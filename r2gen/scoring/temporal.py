@@ -197,4 +197,4 @@ def temporal_family(predictions: Sequence[str], references: Sequence[str], label
                 **{f"temporal_f1/{c}": per[..., j] for j, c in enumerate(CLASSES)}}
 
     names = ("temporal_n", "temporal_acc", "temporal_f1_macro", *(f"temporal_f1/{c}" for c in CLASSES))
-    return Family(names, stats.reshape(len(predictions), -1), combine)
+    return Family(names, stats.reshape(len(predictions), k * (k + 1)), combine)
