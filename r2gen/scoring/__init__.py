@@ -3,6 +3,7 @@
 - `nlg`: BLEU-1..4, METEOR, ROUGE-L, CIDEr (pycocoevalcap, R2Gen's protocol) and per-study scores;
 - `chexpert`: the rule-based CheXpert labeler and clinical-efficacy scores; `chexbert`: CheXbert from local weights;
 - `laterality`: whether a generated report puts effusion, pneumothorax, opacity, atelectasis on the reference's side;
+- `temporal`: whether a generated report states the reference's change since the prior study for each finding;
 - `demo_labeler`: the synthetic demo's seven findings and finding F1;
 - `policy`: `Scoring`, how a corpus is scored (labeler, reference protocol, checkpoint score), used alike by
   validation, the test after training and evaluate.py;

@@ -251,29 +251,34 @@ def _classify(clause: str, start: int, end: int, spans: list[tuple[int, int]]) -
     return POSITIVE if decision is None else decision[1]
 
 
-def _clauses(text: str) -> list[str]:
+def _clauses(text: str, masked: bool = True) -> list[str]:
+    """The clauses of a normalised report; `masked=False`: the same clauses (cut where the masked ones are) with
+    the masked phrases shown."""
     text = _GLUE_RX.sub(lambda m: (m.group(1) or "") + " ", re.sub(r"[-/]", " ", text.lower()))
     out = []
     for sentence in _SENT_RX.split(text):
-        sentence = _MASK_RX.sub(lambda m: "#" * len(m.group()), sentence)
-        out.extend(c for c in _BREAK_RX.split(sentence) if c.strip())
+        hidden = _MASK_RX.sub(lambda m: "#" * len(m.group()), sentence)  # same length: offsets hold in both
+        cuts = [0, *(i for m in _BREAK_RX.finditer(hidden) for i in m.span()), len(hidden)]
+        out.extend((hidden if masked else sentence)[a:b] for a, b in zip(cuts[::2], cuts[1::2], strict=True)
+                   if hidden[a:b].strip())
     return out
 
 
-def mentions(text: str) -> Iterator[tuple[str, int, str, int, int]]:
+def mentions(text: str, masked: bool = True) -> Iterator[tuple[str, int, str, int, int]]:
     """Every mention in one report, as `(label, value, clause, start, end)`: the observation, its value (1 / 0 /
     -1), and where it sits in its clause (the text as the labeler normalised it). Normal statements are mentions
-    of value 0 spanning their match (pipeline steps 1-4)."""
-    for clause in _clauses(text or ""):
+    of value 0 spanning their match (pipeline steps 1-4). `masked=False` gives the clause as it was before `MASKS`
+    blanked out look-alikes (same length, same offsets: "no interval change" kept, r2gen.scoring.temporal)."""
+    for clause, shown in zip(_clauses(text or ""), _clauses(text or "", masked=masked), strict=True):
         found = [(label, m.start(), m.end(), unc) for unc, table in ((False, _MENTION_RX), (True, _UNC_MENTION_RX))
                  for label, rx in table.items() for m in rx.finditer(clause)]
         spans = [(a, b) for _, a, b, _ in found]
         for label, a, b, unc in found:
             value = _classify(clause, a, b, spans)
-            yield label, UNCERTAIN if unc and value == POSITIVE else value, clause, a, b
+            yield label, UNCERTAIN if unc and value == POSITIVE else value, shown, a, b
         for label, rx in _NORMAL_RX.items():
             if m := rx.search(clause):
-                yield label, NEGATIVE, clause, m.start(), m.end()
+                yield label, NEGATIVE, shown, m.start(), m.end()
 
 
 def label_report(text: str) -> dict[str, int | None]:

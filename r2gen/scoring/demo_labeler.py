@@ -26,6 +26,34 @@ _SIDES = {"left": ("left",), "right": ("right",), "bilateral": ("left", "right")
 _HEART_WORDS = {"heart", "cardiac", "cardiomediastinal"}
 
 
+def _sentence_mentions(sentence: str) -> tuple[list[str], list[tuple[int, int, str, bool]]]:
+    """The tokens of one lower-cased sentence, and its mentions as (token index, index of the next mention's token
+    or the end, kind, negated): kind is pneumothorax / effusion / opacity / cardiomegaly."""
+    tokens = re.findall(r"[a-z]+", sentence)
+    heart = bool(_HEART_WORDS & set(tokens))
+    found = [(i, _MENTIONS.get(t) or "cardiomegaly") for i, t in enumerate(tokens)
+             if t in _MENTIONS or (heart and t in ("enlarged", "enlargement"))]
+    negated, neg = [], False
+    for t in tokens:  # a cue negates up to the sentence end or a but/however
+        neg = (neg or t in _NEG) and t not in _STOP
+        negated.append(neg)
+    out = []
+    for j, (i, kind) in enumerate(found):
+        nxt = found[j + 1][0] if j + 1 < len(found) else len(tokens)
+        out.append((i, nxt, kind, bool(negated[i] or _POST_NEG.search(" ".join(tokens[i + 1:nxt])))))
+    return tokens, out
+
+
+def mentions(text: str):
+    """Every mention in a demo-style report, as `(kind, value, sentence, start, end)` (the shape of
+    r2gen.scoring.chexpert.mentions): kind pneumothorax / effusion / opacity / cardiomegaly, value 1 or 0 (negated,
+    as `label_report` reads it), and the mention's word in its lower-cased sentence."""
+    for sentence in re.split(r"[.;!?\n]", (text or "").lower()):
+        spans = [m.span() for m in re.finditer(r"[a-z]+", sentence)]
+        for i, _, kind, negated in _sentence_mentions(sentence)[1]:
+            yield kind, 0 if negated else 1, sentence, *spans[i]
+
+
 def label_report(text: str) -> dict[str, int]:
     """{finding: 0/1} for every name in FINDINGS, from a demo-style report (raw or R2Gen-cleaned).
 
@@ -37,23 +65,15 @@ def label_report(text: str) -> dict[str, int]:
     """
     out = {k: 0 for k in FINDINGS}
     for sentence in re.split(r"[.;!?\n]", text.lower()):
-        tokens = re.findall(r"[a-z]+", sentence)
-        heart = bool(_HEART_WORDS & set(tokens))
-        mentions = [(i, _MENTIONS.get(t) or "cardiomegaly") for i, t in enumerate(tokens)
-                    if t in _MENTIONS or (heart and t in ("enlarged", "enlargement"))]
-        negated, neg = [], False
-        for t in tokens:  # a cue negates up to the sentence end or a but/however
-            neg = (neg or t in _NEG) and t not in _STOP
-            negated.append(neg)
-        for j, (i, kind) in enumerate(mentions):
-            nxt = mentions[j + 1][0] if j + 1 < len(mentions) else len(tokens)
-            if negated[i] or _POST_NEG.search(" ".join(tokens[i + 1:nxt])):
+        tokens, found = _sentence_mentions(sentence)
+        for j, (i, nxt, kind, negated) in enumerate(found):
+            if negated:
                 continue
             if kind == "cardiomegaly":
                 out[kind] = 1
                 continue
             sides: set[str] = set()  # the nearest side words before it ("left and right" counts as one)
-            for t in reversed(tokens[mentions[j - 1][0] + 1 if j else 0:i]):
+            for t in reversed(tokens[found[j - 1][0] + 1 if j else 0:i]):
                 if t in _SIDES:
                     sides.update(_SIDES[t])
                 elif sides and t not in ("and", "or"):

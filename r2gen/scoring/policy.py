@@ -25,6 +25,7 @@ from r2gen.scoring.nlg import score_corpus_families
 from r2gen.scoring.protocol import names as protocol_names
 from r2gen.scoring.radgraph import RadGraphF1
 from r2gen.scoring.radgraph import describe as describe_radgraph
+from r2gen.scoring.temporal import temporal_family
 
 LABELERS = ("demo", "chexpert")
 REFERENCES = ("full", "truncated")
@@ -195,10 +196,12 @@ class Scoring:
         """The labeler's scores as per-study statistics (r2gen.scoring.additive): demo finding F1; chexpert CE
         scores and whether sided findings are on the reference's side."""
         if self.labeler == "demo":
-            return [finding_family(list(predictions), self.raw_labels(references))]
+            return [finding_family(list(predictions), self.raw_labels(references)),
+                    temporal_family(predictions, references, "demo")]
         if self.labeler == "chexpert":
             return [ce_family(self.raw_labels(predictions), self.raw_labels(references), self.ce_uncertain),
-                    laterality_family(predictions, references)]
+                    laterality_family(predictions, references),
+                    temporal_family(predictions, references, "chexpert")]
         return []
 
     def labeler_scores(self, predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:

@@ -23,6 +23,7 @@ from r2gen.data.clean import detokenize
 from r2gen.data.images import load_image
 from r2gen.scoring import per_sample_scores
 from r2gen.scoring.laterality import report_sides
+from r2gen.scoring.temporal import report_changes
 
 STUDY_SCORES = ("Bleu_4", "ROUGE_L", "CIDEr")  # what per_sample_scores gives
 THUMB = 128  # thumbnail side in pixels
@@ -97,21 +98,32 @@ def _bars(f1: dict[str, float], w: int = 420) -> str:
     return f'<svg width="{w}" height="{h}" role="img"><text x="{w / 2}" y="15" text-anchor="middle">F1 per label</text>{bars}</svg>'
 
 
-def _chips(pred: dict[str, int], ref: dict[str, int], sides: Sequence[tuple[str, str, str]] = ()) -> tuple[int, str]:
-    """Label disagreements, and `sides`: (observation, generated side, reference side) where both differ."""
+def _chips(pred: dict[str, int], ref: dict[str, int], sides: Sequence[tuple[str, str, str]] = (),
+           changes: Sequence[tuple[str, str, str]] = ()) -> tuple[int, str]:
+    """Label disagreements, `sides`: (observation, generated side, reference side) where both differ, and
+    `changes`: (finding, generated change class or none, reference class) where they differ."""
     fp = [k for k in ref if pred.get(k) and not ref[k]]
     fn = [k for k in ref if ref[k] and not pred.get(k)]
     chips = "".join(f'<span class="chip fp" title="in the generated report only">+{_esc(k)}</span>' for k in fp)
     chips += "".join(f'<span class="chip fn" title="in the reference only">&minus;{_esc(k)}</span>' for k in fn)
     chips += "".join(f'<span class="chip fp" title="generated side vs the reference\'s">&#8646;{_esc(k)}: '
                      f'{_esc(g)} vs {_esc(r)}</span>' for k, g, r in sides)
-    return len(fp) + len(fn) + len(sides), chips or '<span class="none">agree</span>'
+    chips += "".join(f'<span class="chip fn" title="generated change since the prior vs the reference\'s">&Delta; '
+                     f'{_esc(k)}: {_esc(g)} vs {_esc(r)}</span>' for k, g, r in changes)
+    return len(fp) + len(fn) + len(sides) + len(changes), chips or '<span class="none">agree</span>'
 
 
 def _side_errors(pred: str, ref: str) -> list[tuple[str, str, str]]:
     """Sided observations both reports state with different sides (r2gen.scoring.laterality)."""
     p, r = report_sides(pred), report_sides(ref)
     return [(k, p[k], r[k]) for k in r if k in p and p[k] != r[k]]
+
+
+def _change_errors(pred: str, ref: str, labeler: str) -> list[tuple[str, str, str]]:
+    """Findings whose change the reference states and the generated report states otherwise, or not at all
+    (r2gen.scoring.temporal)."""
+    p, r = report_changes(pred, labeler), report_changes(ref, labeler)
+    return [(k, p.get(k, "none"), r[k]) for k in r if p.get(k) != r[k]]
 
 
 def render(records: Sequence[dict], scores: dict[str, float], meta: dict[str, Any], scoring=None,
@@ -142,7 +154,8 @@ def render(records: Sequence[dict], scores: dict[str, float], meta: dict[str, An
         cells += [(f"{per[i][k]:.6f}", f"{per[i][k]:.3f}") for k in STUDY_SCORES]
         if labeled:
             sides = _side_errors(r["prediction"], r["reference"]) if scoring.labeler == "chexpert" else []
-            cells.append(_chips(plabels[i], rlabels[i], sides))
+            cells.append(_chips(plabels[i], rlabels[i], sides,
+                                _change_errors(r["prediction"], r["reference"], scoring.labeler)))
         tds = "".join(f'<td data-v="{_esc(v)}"{" class=txt" if j in (3, 4) else ""}>{shown}</td>'
                       for j, (v, shown) in enumerate(cells))
         rows.append(f"<tr>{tds}</tr>")
@@ -152,7 +165,9 @@ def render(records: Sequence[dict], scores: dict[str, float], meta: dict[str, An
                    for k, v in shown_meta.items())
     legend = ('<p><span class="chip fp">+label</span> the labeler finds it in the generated report only; '
               '<span class="chip fn">&minus;label</span> in the reference only; <span class="chip fp">&#8646;label: '
-              'left vs right</span> stated on another side than in the reference.</p>' if labeled else "")
+              'left vs right</span> stated on another side than in the reference; <span class="chip fn">&Delta; label: new '
+              'vs unchanged</span> another change since the prior study (or none) than the reference states.</p>'
+              if labeled else "")
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>r2gen report: {_esc(meta.get('split', ''))}"
             f"</title><style>{CSS}</style></head><body><h1>r2gen evaluation: {len(records)} studies</h1>"
             f"<table class='meta'>{info}</table><h2>Corpus scores</h2><table>{summary}</table>"
