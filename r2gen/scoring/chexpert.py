@@ -269,7 +269,8 @@ def mentions(text: str, masked: bool = True) -> Iterator[tuple[str, int, str, in
     -1), and where it sits in its clause (the text as the labeler normalised it). Normal statements are mentions
     of value 0 spanning their match (pipeline steps 1-4). `masked=False` gives the clause as it was before `MASKS`
     blanked out look-alikes (same length, same offsets: "no interval change" kept, r2gen.scoring.temporal)."""
-    for clause, shown in zip(_clauses(text or ""), _clauses(text or "", masked=masked), strict=True):
+    clauses = _clauses(text or "")
+    for clause, shown in zip(clauses, clauses if masked else _clauses(text or "", masked=False), strict=True):
         found = [(label, m.start(), m.end(), unc) for unc, table in ((False, _MENTION_RX), (True, _UNC_MENTION_RX))
                  for label, rx in table.items() for m in rx.finditer(clause)]
         spans = [(a, b) for _, a, b, _ in found]
