@@ -137,11 +137,12 @@ def test_a_run_with_context_trains_evaluates_and_says_what_cannot_give_it(longit
 
 
 def test_context_with_the_feature_cache(longitudinal_table, tmp_path, cache_dir):
-    """align=shallow serves the frozen encoder's cached features; each study still carries its context."""
+    """align=shallow serves the frozen encoder's cached features, in batches grouped by report length; each study
+    still carries its context."""
     from r2gen import build
 
     cfg = compose_cfg("config", [*_overrides(longitudinal_table), "align=shallow", "data.feature_cache=auto",
-                                 "encoder.pretrained=false"], tmp_path / "run", cache_dir)
+                                 "encoder.pretrained=false", "data.group_by_length=true"], tmp_path / "run", cache_dir)
     model = build.model(cfg)
     dm = build.datamodule(cfg, model)
     batch = next(iter(dm.train_dataloader()))
