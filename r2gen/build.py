@@ -125,7 +125,7 @@ def datamodule(cfg: DictConfig, model: R2GenModule, splits: tuple[str, ...] = SP
     labels = None
     if model.finding_head is not None:  # data.finding_loss: the labeler's findings of each training report
         labels = (scoring or Scoring.from_config(cfg)).label_matrix
-    context = ContextTokens(model.tokenizer, model.context.max_tokens) if model.context.enabled else None
+    context = ContextTokens(model.tokenizer, model.context.max_tokens) if model.context.parts else None
     return encoder_datamodule(cfg, model.encoder, model.encoder_mode, targets, labels, splits, model.clean,
                               model.context, context)
 
@@ -225,9 +225,9 @@ def output_dir(cfg: DictConfig) -> Path:
 # --- a run rebuilt from a checkpoint ---------------------------------------------------------------------------
 # Keys an evaluation or prediction sets itself: how to score, what to read and write, on what hardware; never read
 # from a checkpoint.
-EVAL_ONLY = {"ckpt", "predictions", "split", "shuffle_images", "task_name", "trainer", "paths", "hydra", "logger",
-             "callbacks", "experiment", "seed", "ckpt_path", "test_after_fit", "eval", "input", "output", "labels",
-             "out", "part", "host", "port", "max_file_mb"}
+EVAL_ONLY = {"ckpt", "predictions", "split", "shuffle_images", "shuffle_priors", "task_name", "trainer", "paths",
+             "hydra", "logger", "callbacks", "experiment", "seed", "ckpt_path", "test_after_fit", "eval", "input",
+             "output", "labels", "out", "part", "host", "port", "max_file_mb"}
 
 
 def is_group(key: str) -> bool:

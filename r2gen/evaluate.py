@@ -116,11 +116,19 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, A
     model = build.load_model(run, ck)
     write_provenance(out, run, ckpt=str(cfg.ckpt), split=cfg.split)
     dm = build.datamodule(run, model, splits=(cfg.split,), scoring=scoring)  # the other splits may be absent from the data set
+    if not isinstance(cfg.get("shuffle_priors", False), bool):
+        raise ConfigError(f"shuffle_priors={cfg.shuffle_priors!r}: choose true or false")
+    if cfg.get("shuffle_priors"):
+        if not model.context.prior_report and not model.context.prior_images:
+            raise ConfigError("shuffle_priors=true: this model reads no prior study (context.prior_report and "
+                              "context.prior_images are off), so there is nothing to shuffle")
+        dm.shuffle_priors = cfg.seed  # every study gets another subject's prior
     dm.setup()
     if cfg.get("shuffle_images"):
         shuffle_images(dm.splits[cfg.split], cfg.seed)
     evaluation.write_test_results(out, {
         "split": cfg.split, "ckpt": str(cfg.ckpt), "data": run.data.name, "shuffle_images": bool(cfg.shuffle_images),
+        "shuffle_priors": bool(cfg.get("shuffle_priors")),
         "generate": OmegaConf.to_container(run.generate, resolve=True),
         "protocol": protocol(run, scoring, cfg.split),
     }, dm.splits[cfg.split])

@@ -30,8 +30,8 @@ def test_context_texts_name_each_part_and_say_none():
         "indication: none. prior report: heart size is normal.",
         "indication: dyspnea. prior report: none."]
     assert not Context.from_config(None).enabled and Context.from_config({}).parts == ()
-    with pytest.raises(ConfigError, match=r"context has unknown key\(s\) \['prior_images'\]"):
-        Context.from_config({"prior_images": True})
+    with pytest.raises(ConfigError, match=r"context has unknown key\(s\) \['view_markers'\]"):
+        Context.from_config({"view_markers": True})
     with pytest.raises(ConfigError, match=r"context.indication='yes': choose true or false"):
         Context.from_config({"indication": "yes"})
     with pytest.raises(ConfigError, match=r"context.max_tokens=0"):
@@ -149,3 +149,64 @@ def test_context_with_the_feature_cache(longitudinal_table, tmp_path, cache_dir)
     assert "features" in batch and "context_ids" in batch
     loss = model.losses(batch)["loss"]
     assert torch.isfinite(loss)
+
+
+def test_prior_images_are_their_own_masked_span_with_a_study_marker(longitudinal_table, tmp_path, cache_dir):
+    from r2gen import build
+
+    cfg = compose_cfg("config", [*_overrides(longitudinal_table), "context.prior_images=true"], tmp_path / "run",
+                      cache_dir)
+    model = build.model(cfg)
+    dm = build.datamodule(cfg, model)
+    dm.setup()
+    val = dm.splits["val"]
+    assert val.prior_index.tolist() == [-1, 0, -1, 1 + 1]  # subjects val0 (studies 0, 1) and val1 (2, 3)
+    batch = next(iter(dm.val_dataloader()))
+    assert batch["prior_images"].shape == batch["images"].shape
+    assert batch["prior_view_mask"].any(1).tolist() == [False, True, False, True]
+    assert torch.equal(batch["prior_view_mask"][1], batch["view_mask"][0])
+    assert torch.equal(batch["prior_images"][1], batch["images"][0])  # study 1's prior is study 0
+    tokens, mask = model.image_tokens(batch["images"], batch["view_mask"])
+    img, img_mask = model.visual_tokens(batch, tokens, mask)
+    n = tokens.shape[1]
+    assert img.shape[1] == 2 * n and img_mask[:, :n].tolist() == [[False] * n, [True] * n, [False] * n, [True] * n]
+    assert img_mask[:, n:].all()
+    assert model.persistent_keys() >= {"study_marker.weight"}
+    loss = model.losses({**batch, **model_targets(model, batch)})["loss"]
+    loss.backward()
+    assert model.study_marker.weight.grad is not None and model.study_marker.weight.grad.abs().sum() > 0
+
+
+def model_targets(model, batch):
+    from r2gen.models.prompt import ReportTargets
+
+    return ReportTargets(model.tokenizer, 16).tensors(batch["reports"])
+
+
+def test_shuffled_priors_come_from_another_subject():
+    from r2gen.data.priors import shuffle_priors
+
+    entries = [{"id": f"s{s}_{k}", "subject_id": str(s), "prior_id": f"s{s}_{k - 1}" if k else None}
+               for s in range(6) for k in range(3)]
+    out = shuffle_priors(entries, seed=0)
+    subject = {e["id"]: e["subject_id"] for e in entries}
+    moved = [(e, o) for e, o in zip(entries, out, strict=True) if e["prior_id"] is not None]
+    assert all(subject[o["prior_id"]] != e["subject_id"] for e, o in moved)
+    assert sorted(o["prior_id"] for _, o in moved) == sorted(e["prior_id"] for e, _ in moved)  # the same priors, traded
+    assert [o["prior_id"] for e, o in zip(entries, out, strict=True) if e["prior_id"] is None] == [None] * 6
+    assert shuffle_priors(entries, seed=0) == out and shuffle_priors(entries, seed=1) != out
+
+
+def test_evaluate_with_shuffled_priors(longitudinal_table, tmp_path, cache_dir):
+    from r2gen.evaluate import evaluate
+    from r2gen.train import train
+
+    cfg = compose_cfg("config", [*_overrides(longitudinal_table), "context.prior_images=true",
+                                 "test_after_fit=false"], tmp_path / "run", cache_dir)
+    train(cfg)
+    best = tmp_path / "run" / "checkpoints" / "best.ckpt"
+    ev = [f"ckpt={best}", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "shuffle_priors=true",
+          "eval.bootstrap.resamples=0"]
+    evaluate(compose_cfg("evaluate", ev, tmp_path / "ev", cache_dir), overrides=ev)
+    m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert m["shuffle_priors"] is True and m["n_studies"] == 4

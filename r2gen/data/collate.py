@@ -19,7 +19,8 @@ class Collator:
     `features` [B, V, L, C], `view_mask` [B, V]; with `targets`, also `target_ids` [B, R] (right-padded with eos,
     which the mask hides) and `target_lengths` [B]; `finding_labels` [B, K] when the studies carry them; with
     `context` and studies that carry their context text (r2gen.data.context), `context_ids` [B, C] and
-    `context_lengths` [B]."""
+    `context_lengths` [B]; with context.prior_images, `prior_images` (or `prior_features`) and `prior_view_mask`
+    [B, V], all False for a study without a prior."""
 
     def __init__(self, targets: ReportTargets | None = None, context: ContextTokens | None = None):
         self.targets, self.context = targets, context
@@ -32,6 +33,9 @@ class Collator:
             "view_mask": torch.stack([b["view_mask"] for b in batch]),
             "reports": [b["report"] for b in batch],
         }
+        if "prior_view_mask" in batch[0]:  # context.prior_images: the prior study's images (or cached features)
+            out[f"prior_{pixels}"] = torch.stack([b[f"prior_{pixels}"] for b in batch])
+            out["prior_view_mask"] = torch.stack([b["prior_view_mask"] for b in batch])
         if "finding_labels" in batch[0]:  # training studies, with data.finding_loss on
             out["finding_labels"] = torch.stack([b["finding_labels"] for b in batch])  # [B, K]
         if self.targets is not None:

@@ -23,9 +23,10 @@ from r2gen.data.annotations import SPLITS, read_annotation, read_studies  # noqa
 from r2gen.data.checks import check_studies
 from r2gen.data.clean import get_cleaner
 from r2gen.data.collate import Collator
-from r2gen.data.context import Context
+from r2gen.data.context import Context, prior_index
 from r2gen.data.images import load_image
 from r2gen.data.packed import Strings, StudyTable
+from r2gen.data.priors import shuffle_priors
 from r2gen.data.resumable import ResumableLoader, ResumableRandomSampler, SkippingBatchSampler, worker_init
 from r2gen.data.sampler import length_grouped
 from r2gen.data.synthetic import generate_demo
@@ -48,6 +49,7 @@ class StudyDataset(Dataset):
         self.token_lengths: np.ndarray | None = None  # [N] target tokens per study, for data.group_by_length
         self.finding_labels: torch.Tensor | None = None  # [N, K] 1/0 labels of each report, for data.finding_loss
         self.context: Strings | None = None  # [N] each study's context text, with context.* on (r2gen.data.context)
+        self.prior_index: np.ndarray | None = None  # [N] each study's prior's position (-1: none): context.prior_images
 
     @property
     def entries(self) -> StudyTable:
@@ -74,13 +76,23 @@ class StudyDataset(Dataset):
                              f"{str(e).splitlines()[0] if str(e) else ''}): it changed since the set-up check; "
                              f"restore it, or remove it and resume with ckpt_path=<run>/checkpoints/last.ckpt") from None
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    def views(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Study `i`'s first `num_views` images [V, 3, H, W] (absent views zero) and their mask [V]."""
         sid = self.table.ids[i]
         views = [self.transform(self._load(self.image_dir / p, sid)) for p in self.table.image_paths(i)[: self.num_views]]
         images = torch.zeros(self.num_views, *views[0].shape)
         images[: len(views)] = torch.stack(views)
-        mask = torch.arange(self.num_views) < len(views)
-        return {"id": sid, "images": images, "view_mask": mask, "report": self.table.reports[i], **self.extras(i)}
+        return images, torch.arange(self.num_views) < len(views)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        images, mask = self.views(i)
+        out = {"id": self.table.ids[i], "images": images, "view_mask": mask, "report": self.table.reports[i],
+               **self.extras(i)}
+        if self.prior_index is not None:  # the prior study's images; none (all masked) for a first study
+            k = int(self.prior_index[i])
+            out["prior_images"], out["prior_view_mask"] = self.views(k) if k >= 0 else (
+                torch.zeros_like(images), torch.zeros_like(mask))
+        return out
 
     def extras(self, i: int) -> dict[str, Any]:
         """What study `i` carries besides images and report (also served from a feature cache)."""
@@ -100,14 +112,16 @@ class ReportDataModule(pl.LightningDataModule):
     `check_dir` (r2gen's cache folder), the set-up check remembers the images it found good there. `splits`: the
     splits read, checked and served (training needs all three; evaluation only the one it scores). `clean`: the
     run's report cleaner (r2gen.data.clean; default: `data.clean`'s). `context`: which parts of a study's context
-    each study carries as text (r2gen.data.context; default none)."""
+    each study carries (r2gen.data.context; default none); `shuffle_priors`: a seed to give every study another
+    subject's prior (r2gen.data.priors.shuffle_priors), None to keep its own."""
 
     def __init__(self, cfg, image_size: int, mean, std, augment: bool, collator: Collator | None = None,
                  features=None, finding_labels=None, check_dir: str | Path | None = None,
                  splits: tuple[str, ...] = SPLITS, clean: Callable[[str], str] | None = None,
-                 context: Context | None = None):
+                 context: Context | None = None, shuffle_priors: int | None = None):
         super().__init__()
         self.context = context or Context()
+        self.shuffle_priors = shuffle_priors  # a seed: every study gets another subject's prior (evaluate.py)
         self.cfg, self.check_dir, self.needed = cfg, check_dir, tuple(splits)
         self.image_size, self.mean, self.std, self.augment = image_size, tuple(mean), tuple(std), augment
         self.collator, self.features = collator or Collator(), features
@@ -132,8 +146,11 @@ class ReportDataModule(pl.LightningDataModule):
         for split in self.needed:
             tf = image_transform(self.image_size, self.mean, self.std, self.augment and split == "train")
             self.splits[split] = StudyDataset(ann[split], image_dir, tf, self.cfg.num_views, clean, self.max_pixels)
-            if self.context.enabled:
-                self.splits[split].context = Strings(self.context.texts(ann[split], clean))
+            studies = ann[split] if self.shuffle_priors is None else shuffle_priors(ann[split], self.shuffle_priors)
+            if self.context.parts:
+                self.splits[split].context = Strings(self.context.texts(studies, clean))
+            if self.context.prior_images:
+                self.splits[split].prior_index = np.asarray(prior_index(studies), dtype=np.int64)
         if self.cfg.group_by_length and "train" in self.splits:
             if self.collator.targets is None:
                 raise ValueError("data.group_by_length needs a collator with the LM's ReportTargets")

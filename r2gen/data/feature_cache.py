@@ -24,6 +24,7 @@ channels) a split's file is ~37 GB in float16, ~74 GB in float32; every epoch th
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -173,7 +174,9 @@ class FeatureCache:
         device = next(self.encoder.parameters()).device  # the model's: the GPU once Lightning has moved it there
         # workers decode the next batches while the encoder runs; its own generator: building the cache must not
         # draw from the global RNG (the training shuffle's)
-        loader = DataLoader(base, batch_size=self.batch_size, num_workers=self.num_workers, collate_fn=collate,
+        studies = copy.copy(base)  # each study's own images once: not its prior's too (context.prior_images)
+        studies.prior_index = None
+        loader = DataLoader(studies, batch_size=self.batch_size, num_workers=self.num_workers, collate_fn=collate,
                             generator=torch.Generator(), pin_memory=device.type == "cuda")
         was_training = self.encoder.training
         self.encoder.eval()
@@ -244,12 +247,23 @@ class CachedFeatures(Dataset):
     def __len__(self) -> int:
         return len(self.base)
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    def views(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Study `i`'s features [V, L, C] (absent views zero) and their mask [V]."""
         if self._arr is None:
             self._arr = np.load(self.path, mmap_mode="r")
         v, rows = self.base.num_views, self.view_rows[i]
         rows = rows[rows >= 0]
         feats = torch.zeros(v, *self._arr.shape[1:])  # [V, L, C] float32
         feats[: len(rows)] = torch.from_numpy(np.ascontiguousarray(self._arr[rows]))  # float16 widened here
-        return {"id": self.base.table.ids[i], "features": feats, "view_mask": torch.arange(v) < len(rows),
-                "report": self.base.reports[i], **self.base.extras(i)}
+        return feats, torch.arange(v) < len(rows)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        feats, mask = self.views(i)
+        out = {"id": self.base.table.ids[i], "features": feats, "view_mask": mask, "report": self.base.reports[i],
+               **self.base.extras(i)}
+        prior = self.base.prior_index
+        if prior is not None:  # the prior study's features (a study of the same split: in the same file)
+            k = int(prior[i])
+            out["prior_features"], out["prior_view_mask"] = self.views(k) if k >= 0 else (
+                torch.zeros_like(feats), torch.zeros_like(mask))
+        return out

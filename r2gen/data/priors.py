@@ -19,6 +19,7 @@ prior).
 from __future__ import annotations
 
 import logging
+import random
 from collections import defaultdict
 from collections.abc import Iterable
 from datetime import date, datetime, time
@@ -100,3 +101,34 @@ def link_priors(studies: Studies) -> Studies:
                  f"; {ambiguous} whose latest earlier study cannot be told (same day, no time) have none"
                  if ambiguous else "")
     return studies
+
+
+def shuffle_priors(entries: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
+    """The split's studies with every prior given to a study of another subject (evaluate.py shuffle_priors=true:
+    a model that reads the prior loses what it gained from it; one that ignores it keeps its scores). The studies
+    that have a prior trade them along a random cycle; a study whose new prior is its own subject's swaps with the
+    next one where that makes both differ. The other studies are left as they are."""
+    has = [k for k, e in enumerate(entries) if e.get("prior_id") is not None]
+    if len(has) < 2:
+        return list(entries)
+    order = list(has)
+    random.Random(seed).shuffle(order)
+    given = [entries[order[(j + 1) % len(order)]]["prior_id"] for j in range(len(order))]
+    owner = {str(e["id"]): str(e.get("subject_id")) for e in entries}
+    subject = [str(entries[k].get("subject_id")) for k in order]
+
+    def own(j: int) -> bool:
+        return owner.get(str(given[j])) == subject[j]
+
+    for j in range(len(order)):
+        for t in range(1, len(order)):
+            if not own(j):
+                break
+            m = (j + t) % len(order)
+            given[j], given[m] = given[m], given[j]
+            if own(j) or own(m):
+                given[j], given[m] = given[m], given[j]  # no better: undo, try the next
+    out = list(entries)
+    for j, k in enumerate(order):
+        out[k] = {**entries[k], "prior_id": given[j]}
+    return out

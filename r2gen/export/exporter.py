@@ -70,7 +70,7 @@ def export(cfg: DictConfig, overrides: list[str] | None = None) -> Path:
                           f"then differ slightly from predict.py's on the quantized LM)")
     context = Context.from_config(run.get("context"))
     if cfg.part == "all" and context.enabled:
-        raise ConfigError(f"context.{'/'.join(context.parts)}=true: the run's model reads each study's context, which "
+        raise ConfigError(f"context.{'/'.join(context.switched_on)}=true: the run's model reads each study's context, which "
                           f"the exported folder's generate() does not take yet; export part=lm, or use the "
                           f"checkpoint with evaluate.py")
     if cfg.part == "all" and run.lm.trust_remote_code:

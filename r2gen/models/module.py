@@ -68,6 +68,11 @@ class R2GenModule(pl.LightningModule):
         self.prompt = Prompt(self.tokenizer, cfg.lm.prompt.text, cfg.lm.prompt.template, cfg.lm.add_bos,
                              self.encoder_decoder)
         self.context = Context.from_config(cfg.get("context"))  # what of a study's context the LM reads
+        # context.prior_images: a learned marker added to each image token of the current (0) and the prior (1)
+        # study, so the LM tells the two spans apart; zeros at first (the current study's tokens as without it)
+        self.study_marker = nn.Embedding(2, hidden) if self.context.prior_images else None
+        if self.study_marker is not None:
+            nn.init.zeros_(self.study_marker.weight)
         self.gen_config = generation_config(self.lm_model, self.tokenizer,
                                             OmegaConf.to_container(cfg.generate, resolve=True))
         self.clean = clean
@@ -97,7 +102,7 @@ class R2GenModule(pl.LightningModule):
 
     def persistent_keys(self) -> set[str]:
         """State-dict keys a checkpoint must hold: everything that the config alone cannot rebuild."""
-        full = ["lm_proj.", "lm_norm.", "finding_head."]
+        full = ["lm_proj.", "lm_norm.", "finding_head.", "study_marker."]
         if self.encoder_mode == "full" or not self.cfg.encoder.pretrained:
             full.append("encoder.")  # trained fully, or random init that no config reproduces
         if not self.cfg.lm.freeze:
@@ -139,12 +144,34 @@ class R2GenModule(pl.LightningModule):
         tokens, mask = self.image_tokens(images, view_mask, features)
         return self.project(tokens), mask
 
+    def visual_tokens(self, batch: dict[str, Any], tokens: torch.Tensor, mask: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The image tokens the LM reads, [B, T', H] + mask: the current study's (`tokens`, `mask` from
+        `image_tokens`) projected; with context.prior_images, the prior study's before them, through the same encoder
+        and projection, each span plus its study marker, and a study without a prior's span masked out."""
+        img = self.project(tokens)
+        if self.study_marker is None:
+            return img, mask
+        if "prior_view_mask" not in batch:
+            raise InputError(f"this model reads each study's {', '.join(self.context.switched_on)} (it was trained "
+                             f"with context.prior_images=true), which these studies do not come with; predict.py "
+                             f"and the app cannot give a study's context yet: evaluate it with evaluate.py on a data "
+                             f"set whose studies carry it")
+        prior_mask_views = batch["prior_view_mask"]
+        p_tok, p_mask = self.image_tokens(batch.get("prior_images"), prior_mask_views, batch.get("prior_features"))
+        p_mask = p_mask & prior_mask_views.any(1, keepdim=True)  # mean fusion gives tokens for zero views: none
+        marker = self.study_marker.weight.to(img.dtype)
+        return (torch.cat([self.project(p_tok) + marker[1], img + marker[0]], dim=1),
+                torch.cat([p_mask, mask], dim=1))
+
     def losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """`lm`: the LM's loss of the reports (`target_ids`, `target_lengths`: r2gen.data.collate) given the images
-        (or their cached features); with `data.finding_loss`, `finding`: BCE of the labeler's findings
-        (`finding_labels`) predicted from the mean image token; `loss`: lm + data.finding_loss * finding."""
+        (or their cached features) and the study's context (context.*); with `data.finding_loss`, `finding`: BCE of
+        the labeler's findings (`finding_labels`) predicted from the mean image token; `loss`: lm +
+        data.finding_loss * finding."""
         tokens, mask = self.image_tokens(batch.get("images"), batch["view_mask"], batch.get("features"))
-        inputs = lm_inputs(self.embed, self.prompt, self.project(tokens), mask, batch["target_ids"],
+        img, img_mask = self.visual_tokens(batch, tokens, mask)
+        inputs = lm_inputs(self.embed, self.prompt, img, img_mask, batch["target_ids"],
                            batch["target_lengths"], self.encoder_decoder, self._context(batch))
         out = {"lm": self.lm_model(**inputs).loss}
         out["loss"] = out["lm"]
@@ -160,12 +187,13 @@ class R2GenModule(pl.LightningModule):
     def _context(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The batch's context tokens for a model that reads them (context.*: r2gen.data.context); a batch without
         them for such a model is an error, not a report written without the context it learned to read."""
-        if not self.context.enabled:
+        if not self.context.parts:
             return None
         context = context_of(batch)
         if context is None:
-            raise InputError(f"this model reads each study's {', '.join(self.context.parts)} (it was trained with "
-                             f"context.{'/'.join(self.context.parts)}=true), which these studies do not come with; "
+            raise InputError(f"this model reads each study's {', '.join(self.context.switched_on)} (it was trained "
+                             f"with context.{'/'.join(self.context.switched_on)}=true), which these studies do not "
+                             f"come with; "
                              f"predict.py and the app cannot give a study's context yet: evaluate it with evaluate.py "
                              f"on a data set whose studies carry it")
         return context
@@ -177,7 +205,8 @@ class R2GenModule(pl.LightningModule):
         set's policy, then detokenized (`no pneumothorax.`; r2gen.data.clean). `self.clean` of one gives the text
         scoring sees (`no pneumothorax .`). `batch`: the collated batch, for the context tokens of a model that
         reads them."""
-        img, mask = self.encode_images(images, view_mask, features)
+        tokens, mask = self.image_tokens(images, view_mask, features)
+        img, mask = self.visual_tokens(batch or {}, tokens, mask)
         inputs = lm_inputs(self.embed, self.prompt, img, mask, encoder_decoder=self.encoder_decoder,
                            context=self._context(batch or {}))
         out = self.lm_model.generate(**inputs, generation_config=self.gen_config)
@@ -209,6 +238,7 @@ class R2GenModule(pl.LightningModule):
     def configure_optimizers(self):
         o = self.cfg.optim
         head = [self.finding_head] if self.finding_head is not None else []
+        head += [self.study_marker] if self.study_marker is not None else []
         parts = {"proj": (o.lr, [self.lm_proj, self.lm_norm, *head]), "encoder": (o.encoder_lr, [self.encoder]),
                  "lm": (o.lm_lr, [self.lm_model])}
         groups = []
