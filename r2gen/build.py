@@ -35,8 +35,8 @@ from r2gen.data.clean import get_cleaner
 from r2gen.data.collate import Collator
 from r2gen.data.context import Context
 from r2gen.data.datamodule import ReportDataModule
+from r2gen.data.demos import prepare_demo
 from r2gen.data.feature_cache import FeatureCache
-from r2gen.data.synthetic import generate_demo
 from r2gen.errors import ConfigError, InputError
 from r2gen.models import tiny_lm
 from r2gen.models.finding_loss import finding_labels
@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 def prepare_data(data_cfg: DictConfig) -> None:
     """Generate the synthetic demo set on first use (a no-op for real data sets)."""
     if data_cfg.get("demo"):
-        generate_demo(data_cfg.root, **data_cfg.demo)
+        prepare_demo(data_cfg.root, data_cfg.demo)
 
 
 def lm_path(cfg: DictConfig, identity: dict | None = None, clean: Callable[[str], str] | None = None) -> str:

@@ -96,7 +96,8 @@ def file_format(path, fmt: str | None) -> str:
 def read_annotation(path: str | Path, splits: tuple[str, ...] = SPLITS) -> Studies:
     """R2Gen's `annotation.json`. Anything off its shape is an `InputError` naming the file and the entry; an
     `image_path` given as one string is one image; study ids must be unique across all splits. A split not in
-    `splits` may be missing (it is then empty)."""
+    `splits` may be missing (it is then empty). An entry's other keys are kept as they are (the context keys of
+    r2gen.data.splits, e.g. `subject_id`, `indication`), `study_time` checked and written as ISO 8601 (`parse_time`)."""
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"annotation file not found: {path} (set data.annotation, or data.root for its folder)")
@@ -150,7 +151,10 @@ def read_annotation(path: str | Path, splits: tuple[str, ...] = SPLITS) -> Studi
                 raise InputError(f"{path}: id {sid!r} appears twice ({seen[sid]} and {where}); study ids must be "
                                  f"unique across train, val and test: remove or rename one")
             seen[sid] = where
-            out[split].append({**e, "id": sid, "image_path": images})
+            entry = {**e, "id": sid, "image_path": images}
+            if "study_time" in e:
+                entry["study_time"] = parse_time(e["study_time"], f"{path}: {where} (id {sid!r})")
+            out[split].append(entry)
     return out
 
 

@@ -24,12 +24,12 @@ from r2gen.data.checks import check_studies
 from r2gen.data.clean import get_cleaner
 from r2gen.data.collate import Collator
 from r2gen.data.context import Context, prior_index
+from r2gen.data.demos import prepare_demo
 from r2gen.data.images import load_image
 from r2gen.data.packed import Strings, StudyTable
 from r2gen.data.priors import shuffle_priors
 from r2gen.data.resumable import ResumableLoader, ResumableRandomSampler, SkippingBatchSampler, worker_init
 from r2gen.data.sampler import length_grouped
-from r2gen.data.synthetic import generate_demo
 from r2gen.data.transform import image_transform
 from r2gen.errors import InputError
 from r2gen.provenance import layout_files
@@ -132,7 +132,7 @@ class ReportDataModule(pl.LightningDataModule):
 
     def prepare_data(self) -> None:
         if self.cfg.get("demo"):  # the built-in synthetic set is generated on first use
-            generate_demo(self.cfg.root, **self.cfg.demo)
+            prepare_demo(self.cfg.root, self.cfg.demo)
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:

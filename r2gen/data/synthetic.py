@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 
@@ -32,6 +33,10 @@ _VERSION = 2  # bump when drawing or reports change, so cached demo sets are reg
 _MARKER_NAME = ".demo_params.json"  # a demo set's parameters; its presence marks a folder as the demo's own
 _SIDE_X = {"right": -1.0, "left": 1.0}  # image-x direction of the patient's side (patient's left = image right)
 _ZONE_Y = {"upper": -0.40, "mid": 0.0, "lower": 0.24}  # lung-zone height relative to the lung centre
+# How far an effusion's fluid reaches above the costophrenic angle, by size, on the frontal and the lateral view
+# (the plain demo draws small and moderate; large is the longitudinal set's, r2gen.data.longitudinal)
+_EFF_HEIGHT = {"small": 0.24, "moderate": 0.42, "large": 0.58}
+_EFF_HEIGHT_LATERAL = {"small": 0.24, "moderate": 0.40, "large": 0.54}
 
 
 # ----------------------------------------------------------------------------------------------------- drawing
@@ -103,7 +108,9 @@ def _frontal(rng, x, y, f) -> np.ndarray:
         if f[f"pneumothorax_{name}"]:
             # The collapsed lung retracts medially and down; the apical/lateral rim is a vessel-free dark
             # crescent, bounded by the thin bright visceral pleural line.
-            ca, cb = a * rng.uniform(0.66, 0.74), b * rng.uniform(0.74, 0.80)
+            # (`pneumothorax_<side>_collapse` < 1, the longitudinal set's larger ones: a smaller lung, a wider rim)
+            k = f.get(f"pneumothorax_{name}_collapse", 1.0)
+            ca, cb = a * rng.uniform(0.66, 0.74) * k, b * rng.uniform(0.74, 0.80) * k
             ccx, ccy = cx - sx * 0.07, cy + 0.12
             rc = _superellipse(x, y, ccx, ccy, ca * (0.72 + 0.28 * np.clip((y - ccy + cb) / (1.2 * cb), 0, 1)), cb, 2.4)
             ptx = _soft(rc - 1, 0.03)
@@ -113,14 +120,15 @@ def _frontal(rng, x, y, f) -> np.ndarray:
         if f[f"opacity_{name}"]:
             oy = cy + _ZONE_Y[f[f"opacity_{name}_zone"]] + rng.uniform(-0.04, 0.04)
             ox = cx + rng.uniform(-0.07, 0.07)
-            blob = sum(np.exp(-((x - ox - dx) ** 2 + (y - oy - dy) ** 2) / (2 * s * s))
+            k = f.get(f"opacity_{name}_scale", 1.0)  # the longitudinal set's small / large opacities
+            blob = sum(np.exp(-((x - ox - dx) ** 2 + (y - oy - dy) ** 2) / (2 * (s * k) * (s * k)))
                        for dx, dy, s in rng.uniform([-0.05, -0.05, 0.07], [0.05, 0.05, 0.11], (3, 3)).tolist())
             img += lung * np.clip(blob, 0, 1.2) * rng.uniform(0.30, 0.38)
         size = f[f"effusion_{name}"] and f[f"effusion_{name}_size"]
         if size:
             # Fluid fills the lung base, hiding the diaphragm and the costophrenic angle, with a meniscus that
             # climbs the lateral chest wall.
-            level = cy + 0.86 * b - (0.24 if size == "small" else 0.42) + rng.uniform(-0.03, 0.03)
+            level = cy + 0.86 * b - _EFF_HEIGHT[size] + rng.uniform(-0.03, 0.03)
             lat = np.clip(((x - cx) * sx / a + 1) / 2, 0, 1)
             fluid = _soft(1 - _superellipse(x, y, cx, cy + 0.06, a * 1.02, b, 4), 0.05) * _soft(y - (level - 0.26 * lat**2), 0.07)
             _blend(img, fluid, 0.57)
@@ -152,11 +160,11 @@ def _lateral(rng, x, y, f) -> np.ndarray:
     for name in _SIDE_X:  # a blob at the height it has on the frontal view; side can't be told here
         if f[f"opacity_{name}"]:
             oy, ox = cy + _ZONE_Y[f[f"opacity_{name}_zone"]] + rng.uniform(-0.04, 0.04), rng.uniform(-0.2, 0.3)
-            s = rng.uniform(0.09, 0.12)
+            s = rng.uniform(0.09, 0.12) * f.get(f"opacity_{name}_scale", 1.0)
             img += lung * np.exp(-((x - ox) ** 2 + (y - oy) ** 2) / (2 * s * s)) * rng.uniform(0.22, 0.28)
     sizes = [f[f"effusion_{n}_size"] for n in _SIDE_X if f[f"effusion_{n}"]]
     if sizes:  # fluid layers in the posterior costophrenic sulcus (more of it if both sides have some)
-        h = sum(0.24 if s == "small" else 0.40 for s in sizes) * (0.75 if len(sizes) == 2 else 1.0)
+        h = sum(_EFF_HEIGHT_LATERAL[s] for s in sizes) * (0.75 if len(sizes) == 2 else 1.0)
         level = cy + 0.84 * b - h + rng.uniform(-0.03, 0.03)
         post = np.clip((x - cx) / a, 0, 1)
         fluid = _soft(1 - _superellipse(x, y, cx, cy + 0.05, a, b, 4), 0.05) * _soft(y - (level - 0.05 + 0.18 * (1 - post)), 0.06)
@@ -339,12 +347,19 @@ def _check_demo_root(root: Path) -> None:
 def generate_demo(root: str | Path, n_train: int = 2000, n_val: int = 200, n_test: int = 300,
                   image_size: int = 96, seed: int = 0) -> Path:
     """Write the demo set under `root` (annotation.json, images/<id>/{0,1}.png, .demo_params.json) and return the
-    path of root/annotation.json. A no-op when root already holds a set with these parameters. Otherwise the set is
-    written to a temporary folder beside root and renamed into place, replacing root as a whole, so an interrupted
-    or concurrent run never leaves a half-written set behind. Only a missing or empty root, or one holding a demo
-    set, is ever replaced (`_check_demo_root`); a user's folder raises `UnsafeWriteError` before anything is written."""
+    path of root/annotation.json, as `write_set` does (a no-op when root already holds a set with these parameters;
+    a user's folder is never touched)."""
+    return write_set(root, _params(n_train, n_val, n_test, image_size, seed), _write)
+
+
+def write_set(root: str | Path, p: dict, write: Callable[[Path, dict], None]) -> Path:
+    """Write a synthetic set with parameters `p` under `root` by `write(folder, p)` (which writes annotation.json,
+    the images and, last, the marker `.demo_params.json` holding `p`) and return the path of root/annotation.json.
+    A no-op when root already holds a set with these parameters. Otherwise the set is written to a temporary folder
+    beside root and renamed into place, replacing root as a whole, so an interrupted or concurrent run never leaves
+    a half-written set behind. Only a missing or empty root, or one holding a demo set, is ever replaced
+    (`_check_demo_root`); a user's folder raises `UnsafeWriteError` before anything is written."""
     root = Path(root)
-    p = _params(n_train, n_val, n_test, image_size, seed)
     if _is_current(root, p):
         return root / "annotation.json"
     _check_demo_root(root)
@@ -352,7 +367,7 @@ def generate_demo(root: str | Path, n_train: int = 2000, n_val: int = 200, n_tes
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
     os.chmod(tmp, 0o755)  # mkdtemp's 0700 would otherwise become the demo folder's mode
     try:
-        _write(tmp, p)
+        write(tmp, p)
         while True:
             try:
                 os.replace(tmp, root)  # atomic; fails if root is a non-empty folder
