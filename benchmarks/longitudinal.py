@@ -7,7 +7,8 @@ worse, better, unchanged or resolved; r2gen.scoring.temporal) and the other scor
 Then the context model again with `evaluate.py shuffle_priors=true`: every study gets another subject's prior, which
 must take the advantage away if the model reads the prior. Writes benchmarks/results/longitudinal.{json,md}.
 
-    python benchmarks/longitudinal.py [--seeds 42 43 44] [--out benchmarks/results/longitudinal] [overrides ...]
+    python benchmarks/longitudinal.py [--seeds 42 43 44] [--out benchmarks/results/longitudinal] [--add <earlier
+        seeds' json>] [overrides ...]
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "longitudinal"))
+    ap.add_argument("--add", help="a results JSON of earlier seeds (same overrides) to report beside these")
     ap.add_argument("overrides", nargs="*", help="extra train.py overrides, e.g. trainer.max_epochs=5")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="r2gen-longitudinal-"))
@@ -68,6 +70,8 @@ def main() -> None:
                 row["context, shuffled priors"] = scores(ev / "metrics.json")
                 print(seed, "shuffled", row["context, shuffled priors"], flush=True)
         rows.append(row)
+    if args.add:
+        rows = json.loads(Path(args.add).read_text())["seeds"] + rows
     setups = ("images only", "prior images + prior report", "context, shuffled priors")
     median = {s: {k: statistics.median(r[s][k] for r in rows) for k in SCORES if all(k in r[s] for r in rows)}
               for s in setups}

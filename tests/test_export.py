@@ -53,9 +53,9 @@ def run_predict(ckpt, folder, *overrides, tmp_path, cache_dir) -> tuple[list[dic
     """predict.py's rows for the studies in `folder`, and what its model saw: (images, view mask, image tokens)."""
     seen, generate = [], R2GenModule.generate
 
-    def spy(self, images, view_mask, features=None):
+    def spy(self, images, view_mask, features=None, batch=None):
         seen.append((images.clone(), view_mask.clone(), self.encode_images(images, view_mask)[0]))
-        return generate(self, images, view_mask, features)
+        return generate(self, images, view_mask, features, batch)
 
     o = [f"ckpt={ckpt}", f"input={folder}", *FAST, *overrides]
     with pytest.MonkeyPatch.context() as mp:

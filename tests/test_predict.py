@@ -80,9 +80,9 @@ def test_reports_equal_the_evaluation_path(ckpt, tmp_path, cache_dir, monkeypatc
 
     inputs, generate = [], R2GenModule.generate
 
-    def spy(self, images, view_mask, features=None):
+    def spy(self, images, view_mask, features=None, batch=None):
         inputs.append((images.clone(), view_mask.clone()))
-        return generate(self, images, view_mask, features)
+        return generate(self, images, view_mask, features, batch)
 
     monkeypatch.setattr(R2GenModule, "generate", spy)
     o = [f"ckpt={ckpt}", *FAST]
