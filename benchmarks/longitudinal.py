@@ -24,6 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from demo_seeds import cpu_model  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 SCORES = ("temporal_acc", "temporal_f1_macro", "temporal_n", "finding_f1_macro", "Bleu_4", "CIDEr")
 CONTEXT = ["context.prior_images=true", "context.prior_report=true"]
@@ -75,8 +78,7 @@ def main() -> None:
     setups = ("images only", "prior images + prior report", "context, shuffled priors")
     median = {s: {k: statistics.median(r[s][k] for r in rows) for k in SCORES if all(k in r[s] for r in rows)}
               for s in setups}
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    cpu = cpu_model()
     result = {"machine": {"cpus": os.cpu_count(), "cpu": cpu, "python": platform.python_version()},
               "overrides": args.overrides, "seeds": rows, "median": median}
     out = Path(args.out)
