@@ -153,10 +153,7 @@ class R2GenModule(pl.LightningModule):
         if self.study_marker is None:
             return img, mask
         if "prior_view_mask" not in batch:
-            raise InputError(f"this model reads each study's {', '.join(self.context.switched_on)} (it was trained "
-                             f"with context.prior_images=true), which these studies do not come with; predict.py "
-                             f"and the app cannot give a study's context yet: evaluate it with evaluate.py on a data "
-                             f"set whose studies carry it")
+            raise self._without_context()
         prior_mask_views = batch["prior_view_mask"]
         p_tok, p_mask = self.image_tokens(batch.get("prior_images"), prior_mask_views, batch.get("prior_features"))
         p_mask = p_mask & prior_mask_views.any(1, keepdim=True)  # mean fusion gives tokens for zero views: none
@@ -191,12 +188,15 @@ class R2GenModule(pl.LightningModule):
             return None
         context = context_of(batch)
         if context is None:
-            raise InputError(f"this model reads each study's {', '.join(self.context.switched_on)} (it was trained "
-                             f"with context.{'/'.join(self.context.switched_on)}=true), which these studies do not "
-                             f"come with; "
-                             f"predict.py and the app cannot give a study's context yet: evaluate it with evaluate.py "
-                             f"on a data set whose studies carry it")
+            raise self._without_context()
         return context
+
+    def _without_context(self) -> InputError:
+        """The error for a batch that lacks the context this model reads (predict.py, the app)."""
+        return InputError(f"this model reads each study's {', '.join(self.context.switched_on)} (it was trained "
+                          f"with context.{'/'.join(self.context.switched_on)}=true), which these studies do not come "
+                          f"with; predict.py and the app cannot give a study's context yet: evaluate it with "
+                          f"evaluate.py on a data set whose studies carry it")
 
     @torch.no_grad()
     def generate(self, images: torch.Tensor | None, view_mask: torch.Tensor,

@@ -22,7 +22,7 @@ from r2gen.scoring.chexpert import CHEXPERT_LABELS, ce_family, label_reports, to
 from r2gen.scoring.demo_labeler import finding_family, label_report
 from r2gen.scoring.laterality import laterality_family
 from r2gen.scoring.nlg import score_corpus_families
-from r2gen.scoring.protocol import names as protocol_names
+from r2gen.scoring.protocol import check as check_protocol
 from r2gen.scoring.radgraph import RadGraphF1
 from r2gen.scoring.radgraph import describe as describe_radgraph
 from r2gen.scoring.temporal import temporal_family
@@ -94,10 +94,7 @@ class Scoring:
                               "observations; set data.labeler=chexpert, or eval.chexbert=null")
         if not isinstance(self.bertscore_idf, bool):
             raise ConfigError(f"eval.bertscore_idf={self.bertscore_idf!r}: choose true or false")
-        if self.protocol is not None and (not isinstance(self.protocol, str) or self.protocol not in
-                                          protocol_names()):
-            raise ConfigError(f"eval.protocol={self.protocol!r}: no such protocol; choose protocol=<name> with one "
-                              f"of {', '.join(protocol_names())} (conf/protocol/), or leave it null")
+        check_protocol(self.protocol)
         self.model_settings  # noqa: B018 - the extras' packages and folders checked now, no model loaded
 
     @classmethod

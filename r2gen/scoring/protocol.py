@@ -77,13 +77,18 @@ def _leaves(node: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: node}
 
 
+def check(name: Any) -> None:
+    """`eval.protocol` names a shipped protocol (or is null): else one line naming the choices."""
+    if name is not None and (not isinstance(name, str) or name not in names()):
+        raise ConfigError(f"eval.protocol={name!r}: no such protocol; choose protocol=<name> with one of "
+                          f"{', '.join(names())} (conf/protocol/), or leave it null")
+
+
 def fixed_by(name: str) -> dict[str, Any]:
     """{dotted key: value} that the protocol `name` fixes: the values its file sets, and `data.name` for the data
     set its defaults choose (`override /data: <option>`, whose `name` is the option's)."""
+    check(name)
     path = PROTOCOL_DIR / f"{name}.yaml"
-    if not path.is_file():
-        raise ConfigError(f"eval.protocol={name!r}: no such protocol; choose protocol=<name> with one of "
-                          f"{', '.join(names())} (conf/protocol/), or leave it null")
     raw = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
     fixed: dict[str, Any] = {}
     for entry in raw.pop("defaults", []) or []:
