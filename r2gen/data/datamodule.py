@@ -94,6 +94,14 @@ class StudyDataset(Dataset):
                 torch.zeros_like(images), torch.zeros_like(mask))
         return out
 
+    def attach_context(self, context: Context, entries, clean) -> None:
+        """What of each study's context the model reads (`context`: r2gen.data.context), from `entries`: the
+        dataset's studies in order, each with the context fields and `prior_id` (priors among `entries`)."""
+        if context.parts:
+            self.context = Strings(context.texts(entries, clean))
+        if context.prior_images:
+            self.prior_index = np.asarray(prior_index(entries), dtype=np.int64)
+
     def extras(self, i: int) -> dict[str, Any]:
         """What study `i` carries besides images and report (also served from a feature cache)."""
         out: dict[str, Any] = {} if self.finding_labels is None else {"finding_labels": self.finding_labels[i]}
@@ -147,10 +155,7 @@ class ReportDataModule(pl.LightningDataModule):
             tf = image_transform(self.image_size, self.mean, self.std, self.augment and split == "train")
             self.splits[split] = StudyDataset(ann[split], image_dir, tf, self.cfg.num_views, clean, self.max_pixels)
             studies = ann[split] if self.shuffle_priors is None else shuffle_priors(ann[split], self.shuffle_priors)
-            if self.context.parts:
-                self.splits[split].context = Strings(self.context.texts(studies, clean))
-            if self.context.prior_images:
-                self.splits[split].prior_index = np.asarray(prior_index(studies), dtype=np.int64)
+            self.splits[split].attach_context(self.context, studies, clean)
         if self.cfg.group_by_length and "train" in self.splits:
             if self.collator.targets is None:
                 raise ValueError("data.group_by_length needs a collator with the LM's ReportTargets")
