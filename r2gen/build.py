@@ -227,7 +227,8 @@ def output_dir(cfg: DictConfig) -> Path:
 # from a checkpoint.
 EVAL_ONLY = {"ckpt", "predictions", "split", "shuffle_images", "shuffle_priors", "task_name", "trainer", "paths",
              "hydra", "logger", "callbacks", "experiment", "seed", "ckpt_path", "test_after_fit", "eval", "input",
-             "output", "labels", "out", "part", "host", "port", "max_file_mb"}
+             "output", "labels", "out", "part", "host", "port", "max_file_mb", "indication", "comparison", "prior",
+             "prior_report"}
 
 
 def is_group(key: str) -> bool:

@@ -40,7 +40,8 @@ OPEN = {"generate", "quant", "logger", "callbacks", "hydra", "encoder.kwargs", "
 # Kinds the shipped defaults cannot say (their default is null or `???`, or the key takes several kinds of value).
 KINDS = {
     "ckpt_path": {"str", "null"}, "ckpt": {"str"}, "predictions": {"str", "null"}, "input": {"str", "list"},
-    "output": {"str", "null"}, "out": {"str"}, "split": {"str", "null"}, "a": {"str"}, "b": {"str"},
+    "output": {"str", "null"}, "indication": {"str", "null"}, "comparison": {"str", "null"},
+    "prior": {"str", "list", "null"}, "prior_report": {"str", "null"}, "out": {"str"}, "split": {"str", "null"}, "a": {"str"}, "b": {"str"},
     "eval.chexbert": {"str", "null"}, "eval.chexbert_tokenizer": {"str", "null"},
     "eval.bertscore": {"str", "null"}, "eval.bertscore_layer": {"int", "null"}, "eval.protocol": {"str", "null"},
     "eval.bertscore_rescale": {"bool", "null"}, "eval.radgraph": {"str", "null"},

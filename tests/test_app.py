@@ -24,7 +24,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 from urllib.error import HTTPError
@@ -40,7 +39,7 @@ pytest.importorskip("python_multipart")
 from r2gen.app import require_extra, serve  # noqa: E402
 from r2gen.app import server as server_module  # noqa: E402
 from r2gen.app.reporter import Reporter, check_export  # noqa: E402
-from r2gen.app.server import create_app, listen, request_problem, settings, uvicorn_server  # noqa: E402
+from r2gen.app.server import create_app, listen, request_problem, settings  # noqa: E402
 from r2gen.data.images import load_image  # noqa: E402
 from r2gen.errors import ConfigError, InputError, MissingFileError  # noqa: E402
 from r2gen.predict import predict  # noqa: E402
@@ -51,6 +50,7 @@ from .helpers.config import compose_cfg  # noqa: E402
 from .helpers.dicom import RAMP, write_dicom  # noqa: E402
 from .helpers.files import read_jsonl, snapshot  # noqa: E402
 from .helpers.paths import ROOT  # noqa: E402
+from .helpers.serving import Running, get, post  # noqa: E402
 
 FAST = ["trainer.accelerator=cpu", "trainer.enable_progress_bar=false"]
 MAX_FILE_MB = 0.05  # 51 KB: the test images are a few KB; the oversize one is 100 KB
@@ -59,26 +59,6 @@ MAX_FILE_MB = 0.05  # 51 KB: the test images are a few KB; the oversize one is 1
 @pytest.fixture(scope="module")
 def ckpt(demo_run) -> Path:
     return demo_run / "checkpoints" / "last.ckpt"
-
-
-class Running:
-    """uvicorn serving `app` from a thread; `url` is its address."""
-
-    def __init__(self, app):
-        self.sock = listen("127.0.0.1", 0)
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn_server(app, log_level="warning")
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            assert time.monotonic() < deadline and self.thread.is_alive(), "the server did not start"
-            time.sleep(0.05)
-
-    def stop(self):
-        self.server.should_exit = True
-        self.thread.join(15)
-        self.sock.close()
 
 
 APP = ["port=0", f"max_file_mb={MAX_FILE_MB}"]
@@ -99,31 +79,6 @@ def server(reporter, app_cfg):
     running = Running(create_app(reporter, settings(app_cfg)))
     yield running
     running.stop()
-
-
-def get(url: str) -> tuple[int, dict, str]:
-    with urllib.request.urlopen(url, timeout=60) as r:
-        return r.status, dict(r.headers), r.read().decode()
-
-
-def post(url: str, files: list[tuple[str, bytes]] | None = None, body: bytes | None = None,
-         content_type: str | None = None) -> tuple[int, dict]:
-    """POST /report: `files` as multipart/form-data (field `files`, as the page sends them), or a raw `body`."""
-    if files is not None:
-        boundary = uuid.uuid4().hex
-        body = b"".join(f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{name}"\r\n'
-                        f"Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n"
-                        for name, data in files) + f"--{boundary}--\r\n".encode()
-        content_type = f"multipart/form-data; boundary={boundary}"
-    headers = {"Content-Type": content_type} if content_type else {}
-    req = urllib.request.Request(url + "/report", data=body if body is not None else b"", headers=headers,
-                                 method="POST")
-    try:
-        with urllib.request.urlopen(req, timeout=120) as r:
-            return r.status, json.loads(r.read())
-    except HTTPError as e:
-        with e:
-            return e.code, json.loads(e.read())
 
 
 def png(path: Path, seed: int, size=(48, 40)) -> Path:
@@ -231,8 +186,8 @@ def test_a_request_too_large_is_refused_by_its_header_before_its_body_is_read(se
         conn.endheaders()
         r = conn.getresponse()
         assert r.status == 413 and json.loads(r.read()) == {
-            "error": "the upload is 10240.0 MB, over the 1.2 MB a request may carry (4 files of max_file_mb each); "
-                     "send smaller files"}
+            "error": "the upload is 10240.0 MB, over the 1.4 MB a request may carry (4 files of max_file_mb each, "
+                     "and as many of the prior study); send smaller files"}
     finally:
         conn.close()
     assert get(server.url + "/health")[0] == 200
@@ -252,12 +207,12 @@ def test_generations_run_one_at_a_time(server, reporter, tmp_path, monkeypatch):
     """Two browsers at once: both get their report, and the model is never entered by both together."""
     inside, overlap, generate = [], [], reporter.generate
 
-    def slow(paths):
+    def slow(paths, context):
         overlap.append(len(inside))
         inside.append(1)
         time.sleep(0.3)
         inside.pop()
-        return generate(paths)
+        return generate(paths, context)
 
     monkeypatch.setattr(reporter, "generate", slow)
     data = png(tmp_path / "a.png", 5).read_bytes()

@@ -5,13 +5,14 @@ what cannot give the context yet."""
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import torch
 
-from r2gen.data.clean import clean_report_iu_xray
+from r2gen.data.clean import clean_report_iu_xray, get_cleaner
 from r2gen.data.context import Context
 from r2gen.data.synthetic import generate_demo
 from r2gen.errors import ConfigError, InputError
@@ -99,7 +100,8 @@ def _overrides(root: Path) -> list[str]:
             "data.labeler=demo", "context.indication=true", "context.prior_report=true", *small]
 
 
-def test_a_run_with_context_trains_evaluates_and_says_what_cannot_give_it(longitudinal_table, tmp_path, cache_dir):
+def test_a_run_with_context_trains_evaluates_predicts_and_says_what_cannot_give_it(longitudinal_table, tmp_path,
+                                                                                   cache_dir):
     from r2gen import build
     from r2gen.evaluate import evaluate
     from r2gen.export import export
@@ -107,7 +109,7 @@ def test_a_run_with_context_trains_evaluates_and_says_what_cannot_give_it(longit
     from r2gen.train import train
 
     root = longitudinal_table
-    cfg = compose_cfg("config", _overrides(root), tmp_path / "run", cache_dir)
+    cfg = compose_cfg("config", [*_overrides(root), "context.prior_images=true"], tmp_path / "run", cache_dir)
     model = build.model(cfg)
     dm = build.datamodule(cfg, model)
     dm.setup()
@@ -126,14 +128,112 @@ def test_a_run_with_context_trains_evaluates_and_says_what_cannot_give_it(longit
     ev = [f"ckpt={best}", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false"]
     scores = evaluate(compose_cfg("evaluate", ev, tmp_path / "ev", cache_dir), overrides=ev)
     assert "Bleu_4" in scores  # the checkpoint's context settings came with it
-    pr = [f"ckpt={best}", f"input={root / 'demo' / 'images' / first['id']}"]
-    with pytest.raises(InputError, match=r"this model reads each study's indication, prior_report .*predict.py and "
-                                         r"the app cannot give a study's context yet"):
-        predict(compose_cfg("predict", pr, tmp_path / "pr", cache_dir), overrides=pr)
+    predict_with_context(predict, best, root, tmp_path, cache_dir, tmp_path / "ev", get_cleaner(cfg.data.clean))
     ex = [f"ckpt={best}", f"out={tmp_path / 'export'}"]
-    with pytest.raises(ConfigError, match=r"context.indication/prior_report=true: .*export part=lm"):
+    with pytest.raises(ConfigError, match=r"context.indication/prior_report/prior_images=true: .*export part=lm"):
         export(compose_cfg("export", ex, tmp_path / "ex", cache_dir), overrides=ex)
     assert not (tmp_path / "export").exists()
+
+
+def predict_with_context(predict, best: Path, root: Path, tmp_path: Path, cache_dir: Path, scores_dir: Path,
+                         clean) -> None:
+    """predict.py gives each study its indication and prior study in each of its input forms, and writes the reports
+    evaluate.py wrote for the same studies with the same context; what it cannot use is named."""
+    rows = list(csv.DictReader(open(root / "studies.csv")))
+    by_id = {r["id"]: r for r in rows}
+    test = [r for r in rows if r["split"] == "test"]
+    evaluated = {json.loads(line)["id"]: json.loads(line)["prediction"]
+                 for line in (scores_dir / "predictions.jsonl").read_text().splitlines()}
+    images = root / "demo" / "images"
+    table = []
+    for k, r in enumerate(test):  # each subject's second study has the first as its prior (the fixture's dates)
+        prior = by_id[test[k - 1]["id"]] if k % 2 else None
+        table.append({"id": r["id"], "image_path": r["image_path"], "indication": r["indication"],
+                      "prior_image_path": prior["image_path"] if prior else "",
+                      "prior_report": prior["report"] if prior else ""})
+    with open(tmp_path / "new.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(table[0]))
+        w.writeheader()
+        w.writerows(table)
+    common = [f"ckpt={best}", f"data.image_dir={images}", "trainer.enable_progress_bar=false"]
+    pr = [*common, f"input={tmp_path / 'new.csv'}"]
+    out = predict(compose_cfg("predict", pr, tmp_path / "pr", cache_dir), overrides=pr)
+    got = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [g["id"] for g in got] == [r["id"] for r in test]
+    assert {g["id"]: clean(g["report"]) for g in got} == {r["id"]: evaluated[r["id"]] for r in test}
+    n = len(got[0]["images"])  # data.num_views: the prior's first images too
+    assert got[1]["prior_images"] == [str(images / p) for p in test[0]["image_path"].split(";")][:n]
+    assert "prior_images" not in got[0] and got[1]["context"].startswith(f"indication: {test[1]['indication'] or 'none'}.")
+    assert got[0]["context"].endswith("prior report: none.")
+
+    # a folder of studies: indication.txt, prior/ with the prior's images and report.txt
+    second, first = test[1], test[0]
+    study = tmp_path / "folder" / second["id"]
+    (study / "prior").mkdir(parents=True)
+    for p in second["image_path"].split(";"):
+        (study / Path(p).name).write_bytes((images / p).read_bytes())
+    for p in first["image_path"].split(";"):
+        (study / "prior" / Path(p).name).write_bytes((images / p).read_bytes())
+    (study / "prior" / "report.txt").write_text(first["report"])
+    if second["indication"]:
+        (study / "indication.txt").write_text(second["indication"])
+    before = sorted((p, p.stat().st_mtime_ns) for p in (tmp_path / "folder").rglob("*"))
+    pr = [*common, f"input={tmp_path / 'folder'}"]
+    out = predict(compose_cfg("predict", pr, tmp_path / "pr2", cache_dir), overrides=pr)
+    (folder_got,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert folder_got["report"] == got[1]["report"] and folder_got["context"] == got[1]["context"]
+    assert sorted((p, p.stat().st_mtime_ns) for p in (tmp_path / "folder").rglob("*")) == before  # only read
+
+    # image files, the context on the command line
+    files = [str(study / Path(p).name) for p in second["image_path"].split(";")]
+    prior = [str(study / "prior" / Path(p).name) for p in first["image_path"].split(";")]
+    pr = [*common, f"input=[{','.join(files)}]", f"prior=[{','.join(prior)}]", f"prior_report='{first['report']}'",
+          *([f"indication={second['indication']}"] if second["indication"] else [])]
+    out = predict(compose_cfg("predict", pr, tmp_path / "pr3", cache_dir), overrides=pr)
+    (listed,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert listed["report"] == got[1]["report"] and listed["context"] == got[1]["context"]
+
+    if importlib.util.find_spec("fastapi") is not None:  # the app extra
+        app_with_context(best, cache_dir, tmp_path, files[:n], prior[:n], second["indication"], first["report"],
+                         got[1]["report"])
+
+    pr = [*common, f"input={tmp_path / 'folder'}", "indication=cough"]
+    with pytest.raises(ConfigError, match=r"indication=: these give the context of the one study of an image-file "
+                                          r"input .*indication.txt"):
+        predict(compose_cfg("predict", pr, tmp_path / "pr4", cache_dir), overrides=pr)
+    pr = [*common, f"input=[{','.join(files)}]", f"prior=[{study / 'prior' / 'missing.png'}]"]
+    with pytest.raises(InputError, match=r"missing.png \(its prior's image: no such file\)"):
+        predict(compose_cfg("predict", pr, tmp_path / "pr5", cache_dir), overrides=pr)
+
+
+def app_with_context(best: Path, cache_dir: Path, tmp_path: Path, files: list[str], prior: list[str], indication: str,
+                     prior_report: str, expected: str) -> None:
+    """The app takes a study's indication and prior study as form fields and writes predict.py's report."""
+    from r2gen.app.reporter import Reporter
+    from r2gen.app.server import create_app, settings
+
+    from .helpers.serving import Running, get, post
+
+    o = [f"ckpt={best}", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "port=0"]
+    cfg = compose_cfg("app", o, tmp_path / "app_run", cache_dir)
+    running = Running(create_app(Reporter.load(cfg, overrides=o), settings(cfg)))
+    try:
+        health = json.loads(get(running.url + "/health")[2])
+        assert health["context"] == ["indication", "prior_report", "prior_images"]
+        read = lambda paths: [(Path(p).name, Path(p).read_bytes()) for p in paths]  # noqa: E731
+        texts = {"prior_report": prior_report, **({"indication": indication} if indication else {})}
+        code, body = post(running.url, read(files), prior=read(prior), texts=texts)
+        assert code == 200, body
+        assert body["report"] == expected and body["prior_files"] == [f"prior {Path(p).name}" for p in prior]
+        assert len(body["prior_images"]) == len(prior)
+        code, body = post(running.url, read(files), texts={"history": "x"})
+        assert code == 400 and "unknown form field 'history'" in body["error"]
+        code, body = post(running.url, read(files), texts={"indication": "x" * 9000})
+        assert code == 413 and "indication: 9,000 characters" in body["error"]
+        code, body = post(running.url, read(files), prior=read(prior) * 5)
+        assert code == 400 and "prior study files (field prior) uploaded" in body["error"]
+    finally:
+        running.stop()
 
 
 def test_context_with_the_feature_cache(longitudinal_table, tmp_path, cache_dir):

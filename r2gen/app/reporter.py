@@ -67,18 +67,23 @@ class Reporter:
     def busy(self) -> bool:
         return self.lock.locked()
 
-    def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind, "ckpt": self.source, "model": self.model_name, "num_views": self.num_views}
+    reads: tuple[str, ...] = ()  # the context.* switches the model was trained with (r2gen.data.context)
 
-    def report(self, paths: list[str]) -> dict[str, Any]:
-        """The report and its labels for one study, its image files (absolute paths) in order."""
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "ckpt": self.source, "model": self.model_name, "num_views": self.num_views,
+                "context": list(self.reads)}
+
+    def report(self, paths: list[str], context: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The report and its labels for one study, its image files (absolute paths) in order; `context`: any of
+        predict.py's study fields `indication`, `comparison`, `prior_report` and `prior_image_path` (absolute
+        paths)."""
         with self.lock:
             start = time.perf_counter()
-            text = self.generate(paths)
+            text = self.generate(paths, dict(context or {}))
             log.info("report for a %d-image study in %.1f s", len(paths), time.perf_counter() - start)
         return {"report": text, "labels": self.labeler.raw_labels([text])[0]}
 
-    def generate(self, paths: list[str]) -> str:
+    def generate(self, paths: list[str], context: dict[str, Any]) -> str:
         raise NotImplementedError
 
 
@@ -101,10 +106,11 @@ class CheckpointReporter(Reporter):
         pl.seed_everything(cfg.seed, workers=True, verbose=False)  # where predict.py seeds: before the model
         self.model = build.load_model(run, ck)
         self.rng = rng_state()  # the state predict.py's generate starts from
+        self.reads = self.model.context.switched_on
         super().__init__(cfg, run.data.num_views, f"{run.encoder.name} + {Path(str(run.lm.name_or_path)).name}")
 
-    def generate(self, paths: list[str]) -> str:
-        studies = usable_studies([image_list(paths)], self.run.data.num_views, "error", "upload")
+    def generate(self, paths: list[str], context: dict[str, Any]) -> str:
+        studies = usable_studies([{**image_list(paths), **context}], self.run.data.num_views, "error", "upload")
         set_rng_state(self.rng)
         with quiet(LIGHTNING_INFO):  # a Trainer per request: its hardware summary and tips each time
             return generate(self.model, self.run, studies)[0]
@@ -134,7 +140,7 @@ class ExportReporter(Reporter):
         lm = (getattr(c, "lm_config", None) or {}).get("model_type")
         super().__init__(cfg, getattr(c, "num_views", None), f"{encoder} + {lm}" if encoder and lm else folder.name)
 
-    def generate(self, paths: list[str]) -> str:
+    def generate(self, paths: list[str], context: dict[str, Any]) -> str:
         pl.seed_everything(self.seed, verbose=False)
         with torch.inference_mode():
             return self.model.generate_reports([list(paths)])[0]

@@ -4,8 +4,11 @@
                  server only)
   GET  /health   {"ready", "kind", "ckpt", "model", "num_views", "busy", "max_files", "max_file_mb",
                  "max_image_pixels", "max_concurrent_decodes"}
-  POST /report   multipart/form-data with 1 to 4 image files -> {"report", "labels", "images" (PNG data URLs, as
-                 the model reads them), "files" (their names), "read" (how many the model reads: the first ones)}
+  POST /report   multipart/form-data with 1 to 4 image files (field `files`) -> {"report", "labels", "images"
+                 (PNG data URLs, as the model reads them), "files" (their names), "read" (how many the model reads:
+                 the first ones)}; for a model trained with a study's context (`context` in /health: the
+                 context.* switches on), also the fields `indication`, `comparison`, `prior_report` (text) and
+                 `prior` (0 to 4 image files of the prior study), answered with "prior_images", "prior_files"
 
 Every refusal is a 4xx `{"error": "<one line naming the file and the problem>"}`; a bug is a 500 with one line
 (the traceback goes to the server's log), and the server keeps serving. A request's files live in a temporary
@@ -42,7 +45,18 @@ from starlette.datastructures import Headers, UploadFile
 from starlette.exceptions import HTTPException
 
 from r2gen.app.reporter import Reporter
-from r2gen.app.uploads import MAX_FILES, UploadError, check_count, check_size, display_name, preview, save
+from r2gen.app.uploads import (
+    MAX_FILES,
+    MAX_TEXT_CHARS,
+    TEXT_FIELDS,
+    Upload,
+    UploadError,
+    check_count,
+    check_size,
+    display_name,
+    preview,
+    save,
+)
 from r2gen.boundary import one_line
 from r2gen.data.checks import pixel_budget
 from r2gen.errors import ConfigError, UserError
@@ -179,52 +193,80 @@ def is_this_server(hostport: str, server: tuple[str, int] | None, allowed: tuple
     return int(port or 80) == server[1] and name in {*LOOPBACK_NAMES, address}
 
 
-async def read_uploads(request: Request, max_file_mb: float) -> list[tuple[str, bytes]]:
-    """The request's files as (display name, bytes), their number and sizes checked before anything is kept."""
+async def read_uploads(request: Request, max_file_mb: float) -> Upload:
+    """The request's files as (display name, bytes), the study's and its prior's, and its texts; their number and
+    sizes checked before anything is kept."""
     length = request.headers.get("content-length")
     if length is None and "transfer-encoding" not in request.headers:
         length = "0"  # no body at all
     if length is None or not length.isdigit():  # a chunked body: its size is unknown until read whole
         raise UploadError("the upload has no Content-Length; send the files as a multipart/form-data POST", 411)
-    limit = MAX_FILES * max_file_mb * 2**20 + 2**20  # four files at the limit, and the form's own bytes
+    limit = 2 * MAX_FILES * max_file_mb * 2**20 + 2**20  # a study's and its prior's files at the limit, the texts
     if int(length) > limit:
         raise UploadError(f"the upload is {int(length) / 2**20:.1f} MB, over the {limit / 2**20:g} MB a request "
-                          f"may carry ({MAX_FILES} files of max_file_mb each); send smaller files", 413)
+                          f"may carry ({MAX_FILES} files of max_file_mb each, and as many of the prior study); send "
+                          f"smaller files", 413)
     try:
         async with request.form(max_files=4 * MAX_FILES, max_fields=4 * MAX_FILES) as form:
-            parts = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
+            items = form.multi_items()
+            texts = {}
+            for key, value in items:
+                if isinstance(value, UploadFile):
+                    continue
+                if key not in TEXT_FIELDS:
+                    raise UploadError(f"unknown form field {key!r}: the form takes image files (files, and prior "
+                                      f"for the prior study) and the texts {', '.join(TEXT_FIELDS)}")
+                if len(value) > MAX_TEXT_CHARS:
+                    raise UploadError(f"{key}: {len(value):,} characters, over the {MAX_TEXT_CHARS:,} it may have; "
+                                      f"send the text itself", 413)
+                if value.strip():
+                    texts[key] = value.strip()
+            parts = [v for k, v in items if isinstance(v, UploadFile) and k != "prior"]
+            priors = [v for k, v in items if isinstance(v, UploadFile) and k == "prior"]
             check_count(len(parts))
+            check_count(len(priors), prior=True)
             names = [display_name(f.filename, i) for i, f in enumerate(parts)]
-            for name, f in zip(names, parts, strict=True):
+            prior_names = [f"prior {display_name(f.filename, i)}" for i, f in enumerate(priors)]
+            for name, f in zip(names + prior_names, parts + priors, strict=True):
                 if f.size is not None:
                     check_size(name, f.size, max_file_mb)
-            out = []
-            for name, f in zip(names, parts, strict=True):
+            files = []
+            for name, f in zip(names + prior_names, parts + priors, strict=True):
                 data = await f.read()
                 check_size(name, len(data), max_file_mb)
-                out.append((name, data))
-            return out
+                files.append((name, data))
+            return Upload(files[: len(parts)], files[len(parts):], texts)
     except HTTPException as e:  # Starlette's multipart parser: a malformed body, too many parts
         raise UploadError(f"the upload is not valid multipart/form-data ({e.detail}); send 1 to {MAX_FILES} image "
                           f"files", 400) from None
 
 
-def make_report(reporter: Reporter, uploads: list[tuple[str, bytes]], max_pixels: int | None) -> dict[str, Any]:
-    """Write the study into a temporary folder, check (`max_pixels`: the pixel budget) and preview each image,
-    generate; the folder is deleted before this returns."""
-    names = [name for name, _ in uploads]
+def make_report(reporter: Reporter, upload: Upload, max_pixels: int | None) -> dict[str, Any]:
+    """Write the study (and its prior's images) into a temporary folder, check (`max_pixels`: the pixel budget) and
+    preview each image, generate; the folder is deleted before this returns."""
     with tempfile.TemporaryDirectory(prefix="r2gen-app-") as tmp:
-        paths = [save(i, name, data, Path(tmp), max_pixels) for i, (name, data) in enumerate(uploads)]
-        images = [preview(p, name, max_pixels) for p, name in zip(paths, names, strict=True)]
+        (Path(tmp) / "prior").mkdir()
+        saved = [(save(i, name, data, Path(tmp), max_pixels), name) for i, (name, data) in enumerate(upload.files)]
+        saved_prior = [(save(i, name, data, Path(tmp) / "prior", max_pixels), name)
+                       for i, (name, data) in enumerate(upload.prior)]
+        images = [preview(p, name, max_pixels) for p, name in saved]
+        prior_images = [preview(p, name, max_pixels) for p, name in saved_prior]
+        context = dict(upload.texts)
+        if saved_prior:
+            context["prior_image_path"] = [str(p) for p, _ in saved_prior]
         try:
-            result = reporter.report([str(p) for p in paths])
+            result = reporter.report([str(p) for p, _ in saved], context)
         except UserError as e:  # name the user's files, not the temporary ones
             message = one_line(e)
-            for p, name in zip(paths, names, strict=True):
+            for p, name in saved + saved_prior:
                 message = message.replace(str(p), name)
             raise UploadError(message, 422) from None
-    read = min(len(paths), reporter.num_views) if reporter.num_views else len(paths)
-    return {**result, "images": images, "files": names, "read": read}
+    n = len(saved)
+    read = min(n, reporter.num_views) if reporter.num_views else n
+    out = {**result, "images": images, "files": [name for _, name in saved], "read": read}
+    if saved_prior:
+        out |= {"prior_images": prior_images, "prior_files": [name for _, name in saved_prior]}
+    return out
 
 
 # --- serving ---------------------------------------------------------------------------------------------------

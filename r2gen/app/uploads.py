@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import io
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
@@ -18,7 +19,9 @@ from PIL import Image
 from r2gen.data.images import IMAGE_SUFFIXES, ImageTooLarge, image_problem, load_image, read_size
 from r2gen.errors import InputError
 
-MAX_FILES = 4  # a study: one to four images
+MAX_FILES = 4  # a study: one to four images (and its prior study as many)
+TEXT_FIELDS = ("indication", "comparison", "prior_report")  # a study's context as the form's text fields
+MAX_TEXT_CHARS = 8000  # the most characters one of them may have
 PREVIEW = 1024  # longest side of a preview, in pixels
 KINDS = "PNG, JPEG or DICOM"
 PIL_FORMATS = {"PNG": ".png", "JPEG": ".jpg", "MPO": ".jpg", "BMP": ".bmp", "TIFF": ".tif", "WEBP": ".webp"}
@@ -39,12 +42,23 @@ def display_name(name: str | None, index: int) -> str:
     return name or f"file {index + 1}"
 
 
-def check_count(n: int) -> None:
-    if n == 0:
+@dataclass(frozen=True)
+class Upload:
+    """One request's study: its files and its prior's as (display name, bytes), and its context texts."""
+
+    files: list[tuple[str, bytes]]
+    prior: list[tuple[str, bytes]] = field(default_factory=list)
+    texts: dict[str, str] = field(default_factory=dict)
+
+
+def check_count(n: int, prior: bool = False) -> None:
+    """A study's 1 to MAX_FILES images; its prior's (`prior`) 0 to MAX_FILES."""
+    if n == 0 and not prior:
         raise UploadError(f"no file uploaded: send 1 to {MAX_FILES} images of one study ({KINDS}) as "
                           f"multipart/form-data")
     if n > MAX_FILES:
-        raise UploadError(f"{n} files uploaded: a study is 1 to {MAX_FILES} images; send at most {MAX_FILES}")
+        what = "prior study files (field prior)" if prior else "files"
+        raise UploadError(f"{n} {what} uploaded: a study is 1 to {MAX_FILES} images; send at most {MAX_FILES}")
 
 
 def check_size(name: str, size: int, max_file_mb: float) -> None:

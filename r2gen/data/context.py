@@ -88,6 +88,6 @@ class Context:
 
 def prior_index(entries: Sequence[Mapping[str, Any]]) -> list[int]:
     """Each study's prior as its position in `entries` (the same split), -1 where it has none (or the set-up check
-    dropped it)."""
-    where = {str(e["id"]): k for k, e in enumerate(entries)}
+    dropped it, or it has no images: a prior given by its report alone, predict.py)."""
+    where = {str(e["id"]): k for k, e in enumerate(entries) if e.get("image_path")}
     return [where.get(str(e.get("prior_id")), -1) if e.get("prior_id") is not None else -1 for e in entries]

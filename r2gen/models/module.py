@@ -195,8 +195,8 @@ class R2GenModule(pl.LightningModule):
         """The error for a batch that lacks the context this model reads (predict.py, the app)."""
         return InputError(f"this model reads each study's {', '.join(self.context.switched_on)} (it was trained "
                           f"with context.{'/'.join(self.context.switched_on)}=true), which these studies do not come "
-                          f"with; predict.py and the app cannot give a study's context yet: evaluate it with "
-                          f"evaluate.py on a data set whose studies carry it")
+                          f"with: give it (predict.py and the app take a study's indication, comparison and prior "
+                          f"study; evaluate.py a data set whose studies carry them)")
 
     @torch.no_grad()
     def generate(self, images: torch.Tensor | None, view_mask: torch.Tensor,
