@@ -22,7 +22,10 @@ from r2gen import build
 from r2gen.boundary import module_main
 from r2gen.errors import UserError
 from r2gen.models.lm import generation_config, is_encoder_decoder, load_lm, quantization_config
+from r2gen.models.memory import PeakMemory
 from r2gen.models.prompt import Prompt, ReportTargets, decode_reports, lm_inputs
+from r2gen.models.report_loss import chunk_size, loss_path, report_loss
+from r2gen.models.report_loss import describe as describe_loss
 from r2gen.models.trainable import apply_lm_training
 
 log = logging.getLogger(__name__)
@@ -104,10 +107,16 @@ def verify(cfg: DictConfig, lm_path: str | None = None, max_new_tokens: int = 8,
     with stage("running a forward and backward with labels"):
         model.train()
         t = ReportTargets(tok, cfg.data.max_report_tokens).tensors(REPORTS)  # as the collator gives them
-        loss = model(**lm_inputs(embed, prompt, img, mask, t["target_ids"], t["target_lengths"], encoder_decoder)).loss
+        mode = cfg.lm.get("loss_logits", "report")
+        path = loss_path(model, mode, encoder_decoder)
+        report["loss path"] = describe_loss(path, mode)
+        inputs = lm_inputs(embed, prompt, img, mask, t["target_ids"], t["target_lengths"], encoder_decoder)
+        peak = PeakMemory(dev)
+        loss = report_loss(model, inputs, path, chunk_size(cfg.lm.get("loss_chunk", 1024)))
         if loss is None or not torch.isfinite(loss):
             raise VerifyError(f"verify failed: the LM's loss is {loss}; try lm.dtype=float32 or bfloat16 (float16 overflows)")
         loss.backward()
+        report["peak memory of the step (MB)"] = peak.read()
         if img.grad is None or not torch.isfinite(img.grad).all():
             raise VerifyError("verify failed: no finite gradient reaches the image tokens; the projection could not train")
         report["loss (random image tokens)"] = round(loss.item(), 4)

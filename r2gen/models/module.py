@@ -26,6 +26,8 @@ from r2gen.models.encoder import ImageEncoder
 from r2gen.models.finding_loss import FindingHead
 from r2gen.models.lm import generation_config, is_encoder_decoder, load_lm, quantization_config
 from r2gen.models.prompt import Prompt, context_of, decode_reports, lm_inputs
+from r2gen.models.report_loss import chunk_size, loss_path, report_loss
+from r2gen.models.report_loss import describe as describe_loss
 from r2gen.models.trainable import apply_align, apply_lm_training, count_params
 
 log = logging.getLogger(__name__)
@@ -83,6 +85,11 @@ class R2GenModule(pl.LightningModule):
                            "weights stay random (and timm zero-initialises each residual branch's last norm, so LoRA "
                            "inside those branches gets no gradient); use align=deep, or pretrained encoder weights")
         self.lm_model = apply_lm_training(self.lm_model, cfg.lm, quantized=quant is not None)
+        # lm.loss_logits: the loss from logits at the report positions only, where the LM's forward allows it
+        mode = cfg.lm.get("loss_logits", "report")
+        self.loss_path = loss_path(self.lm_model, mode, self.encoder_decoder)
+        self.loss_chunk = chunk_size(cfg.lm.get("loss_chunk", 1024))
+        rank_zero_info(f"lm.loss_logits={mode}: the loss from {describe_loss(self.loss_path, mode)}")
         self.train()  # from_pretrained leaves the LM in eval mode, and Lightning keeps the modes it finds
         c = count_params(self)
         rank_zero_info(
@@ -170,7 +177,7 @@ class R2GenModule(pl.LightningModule):
         img, img_mask = self.visual_tokens(batch, tokens, mask)
         inputs = lm_inputs(self.embed, self.prompt, img, img_mask, batch["target_ids"],
                            batch["target_lengths"], self.encoder_decoder, self._context(batch))
-        out = {"lm": self.lm_model(**inputs).loss}
+        out = {"lm": report_loss(self.lm_model, inputs, self.loss_path, self.loss_chunk)}
         out["loss"] = out["lm"]
         if self.finding_head is not None and "finding_labels" in batch:
             out["finding"] = self.finding_head.loss(tokens, mask, batch["finding_labels"])
