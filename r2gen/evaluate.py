@@ -38,9 +38,13 @@ def shuffle_images(dataset, seed: int) -> None:
     order = list(range(len(entries)))
     random.Random(seed).shuffle(order)
     paths = [entries[i]["image_path"] for i in order]
+    given = list(range(len(entries)))  # whose images each study gets
     for k, i in enumerate(order):
+        given[i] = order[(k + 1) % len(order)]
         entries[i] = {**entries[i], "image_path": paths[(k + 1) % len(order)]}
     dataset.entries = entries  # packed again (a StudyDataset's studies are read-only numpy buffers)
+    if getattr(dataset, "view_positions", None) is not None:  # context.view_positions: the views go with the images
+        dataset.view_positions = dataset.view_positions[given]
 
 
 def split_studies(cfg: DictConfig, clean: Callable[[str], str]) -> list[dict] | None:

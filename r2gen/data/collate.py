@@ -20,7 +20,8 @@ class Collator:
     which the mask hides) and `target_lengths` [B]; `finding_labels` [B, K] when the studies carry them; with
     `context` and studies that carry their context text (r2gen.data.context), `context_ids` [B, C] and
     `context_lengths` [B]; with context.prior_images, `prior_images` (or `prior_features`) and `prior_view_mask`
-    [B, V], all False for a study without a prior."""
+    [B, V], all False for a study without a prior; with context.view_positions, `view_positions` [B, V] (long ids
+    into r2gen.data.view_positions.VIEW_POSITIONS) and, with prior images, `prior_view_positions` [B, V]."""
 
     def __init__(self, targets: ReportTargets | None = None, context: ContextTokens | None = None):
         self.targets, self.context = targets, context
@@ -36,6 +37,9 @@ class Collator:
         if "prior_view_mask" in batch[0]:  # context.prior_images: the prior study's images (or cached features)
             out[f"prior_{pixels}"] = torch.stack([b[f"prior_{pixels}"] for b in batch])
             out["prior_view_mask"] = torch.stack([b["prior_view_mask"] for b in batch])
+        for key in ("view_positions", "prior_view_positions"):  # context.view_positions
+            if key in batch[0]:
+                out[key] = torch.stack([b[key] for b in batch])  # [B, V] long
         if "finding_labels" in batch[0]:  # training studies, with data.finding_loss on
             out["finding_labels"] = torch.stack([b["finding_labels"] for b in batch])  # [B, K]
         if self.targets is not None:

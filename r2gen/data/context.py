@@ -1,7 +1,8 @@
 """A study's context: as text the LM reads before the image, its indication, its comparison line and its prior
 study's report, each by config (`context.indication`, `context.comparison`, `context.prior_report`), and its prior
-study's images (`context.prior_images`); all off by default and in the R2GenGPT recipes, so their numbers stay
-comparable.
+study's images (`context.prior_images`), and a learned marker of each image's view position
+(`context.view_positions`: r2gen.data.view_positions); all off by default and in the R2GenGPT recipes, so their
+numbers stay comparable.
 
 `Context.from_config(cfg.context)` says which parts are on; `Context.texts(entries, clean)` gives one text per
 study of a split, in order: the parts that are on, each as `<name>: <text>` cleaned with the data set's report
@@ -23,19 +24,21 @@ from typing import Any
 from r2gen.errors import ConfigError
 
 PARTS = ("indication", "comparison", "prior_report")  # in the order they are written
-SWITCHES = (*PARTS, "prior_images")
+SWITCHES = (*PARTS, "prior_images", "view_positions")
 KEYS = (*SWITCHES, "max_tokens")
 
 
 @dataclass(frozen=True)
 class Context:
     """`context.*`: the text parts the LM reads (`parts`), and `prior_images`: the prior study's images, through
-    the same encoder, as their own span of image tokens before the current study's (r2gen.models.module)."""
+    the same encoder, as their own span of image tokens before the current study's; `view_positions`: a learned
+    marker of each image token's view position (r2gen.models.module)."""
 
     indication: bool = False
     comparison: bool = False
     prior_report: bool = False
     prior_images: bool = False
+    view_positions: bool = False
     max_tokens: int = 128
 
     @classmethod

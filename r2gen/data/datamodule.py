@@ -31,6 +31,7 @@ from r2gen.data.priors import shuffle_priors
 from r2gen.data.resumable import ResumableLoader, ResumableRandomSampler, SkippingBatchSampler, worker_init
 from r2gen.data.sampler import length_grouped
 from r2gen.data.transform import image_transform
+from r2gen.data.view_positions import UNKNOWN, view_ids
 from r2gen.errors import InputError
 from r2gen.provenance import layout_files
 
@@ -50,6 +51,7 @@ class StudyDataset(Dataset):
         self.finding_labels: torch.Tensor | None = None  # [N, K] 1/0 labels of each report, for data.finding_loss
         self.context: Strings | None = None  # [N] each study's context text, with context.* on (r2gen.data.context)
         self.prior_index: np.ndarray | None = None  # [N] each study's prior's position (-1: none): context.prior_images
+        self.view_positions: np.ndarray | None = None  # [N, V] each view's position id: context.view_positions
 
     @property
     def entries(self) -> StudyTable:
@@ -101,12 +103,21 @@ class StudyDataset(Dataset):
             self.context = Strings(context.texts(entries, clean))
         if context.prior_images:
             self.prior_index = np.asarray(prior_index(entries), dtype=np.int64)
+        if context.view_positions:  # ids into r2gen.data.view_positions.VIEW_POSITIONS, of the first num_views images
+            ids = [view_ids(e.get("view_positions"), self.num_views) for e in entries]
+            self.view_positions = np.asarray(ids, dtype=np.int64).reshape(len(entries), self.num_views)
 
     def extras(self, i: int) -> dict[str, Any]:
         """What study `i` carries besides images and report (also served from a feature cache)."""
         out: dict[str, Any] = {} if self.finding_labels is None else {"finding_labels": self.finding_labels[i]}
         if self.context is not None:
             out["context"] = self.context[i]
+        if self.view_positions is not None:  # [V] ids; with prior images also the prior's, which follow its images
+            out["view_positions"] = torch.from_numpy(self.view_positions[i].copy())
+            if self.prior_index is not None:
+                k = int(self.prior_index[i])
+                out["prior_view_positions"] = (torch.from_numpy(self.view_positions[k].copy()) if k >= 0 else
+                                               torch.full((self.num_views,), UNKNOWN, dtype=torch.int64))
         return out
 
 

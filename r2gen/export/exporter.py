@@ -69,6 +69,10 @@ def export(cfg: DictConfig, overrides: list[str] | None = None) -> Path:
                           f"quant=none to merge the adapters into the LM's full-precision weights (its reports may "
                           f"then differ slightly from predict.py's on the quantized LM)")
     context = Context.from_config(run.get("context"))
+    if cfg.part == "all" and context.view_positions:  # the exported folder has no view marker (r2gen.models.module)
+        raise ConfigError("context.view_positions=true: the run's model adds a learned marker of each image's view "
+                          "position, which the exported folder's model does not have; export part=lm, or use the "
+                          "checkpoint with evaluate.py")
     if cfg.part == "all" and context.enabled:
         raise ConfigError(f"context.{'/'.join(context.switched_on)}=true: the run's model reads each study's context, which "
                           f"the exported folder's generate() does not take yet; export part=lm, or use the "

@@ -21,6 +21,7 @@ from torch import nn
 
 from r2gen.checkpoint import payload
 from r2gen.data.context import Context
+from r2gen.data.view_positions import VIEW_POSITIONS
 from r2gen.errors import InputError
 from r2gen.models.encoder import ImageEncoder
 from r2gen.models.finding_loss import FindingHead
@@ -75,6 +76,11 @@ class R2GenModule(pl.LightningModule):
         self.study_marker = nn.Embedding(2, hidden) if self.context.prior_images else None
         if self.study_marker is not None:
             nn.init.zeros_(self.study_marker.weight)
+        # context.view_positions: a learned marker of each image token's view position (r2gen.data.view_positions),
+        # current and prior study alike (see `view_marks`); zeros at first, made without drawing from the random
+        # stream, so a run starts exactly as without it (LoRA's initialisation and dropout draw the same numbers)
+        self.view_marker = (nn.Embedding.from_pretrained(torch.zeros(len(VIEW_POSITIONS), hidden), freeze=False)
+                            if self.context.view_positions else None)
         self.gen_config = generation_config(self.lm_model, self.tokenizer,
                                             OmegaConf.to_container(cfg.generate, resolve=True))
         self.clean = clean
@@ -109,7 +115,7 @@ class R2GenModule(pl.LightningModule):
 
     def persistent_keys(self) -> set[str]:
         """State-dict keys a checkpoint must hold: everything that the config alone cannot rebuild."""
-        full = ["lm_proj.", "lm_norm.", "finding_head.", "study_marker."]
+        full = ["lm_proj.", "lm_norm.", "finding_head.", "study_marker.", "view_marker."]
         if self.encoder_mode == "full" or not self.cfg.encoder.pretrained:
             full.append("encoder.")  # trained fully, or random init that no config reproduces
         if not self.cfg.lm.freeze:
@@ -155,18 +161,39 @@ class R2GenModule(pl.LightningModule):
                       ) -> tuple[torch.Tensor, torch.Tensor]:
         """The image tokens the LM reads, [B, T', H] + mask: the current study's (`tokens`, `mask` from
         `image_tokens`) projected; with context.prior_images, the prior study's before them, through the same encoder
-        and projection, each span plus its study marker, and a study without a prior's span masked out."""
+        and projection, each span plus its study marker, and a study without a prior's span masked out; with
+        context.view_positions, each span's tokens plus their views' markers (`view_marks`)."""
         img = self.project(tokens)
+        if self.view_marker is not None:
+            img = img + self.view_marks(self._needed(batch, "view_positions"), batch["view_mask"], img)
         if self.study_marker is None:
             return img, mask
-        if "prior_view_mask" not in batch:
-            raise self._without_context()
-        prior_mask_views = batch["prior_view_mask"]
+        prior_mask_views = self._needed(batch, "prior_view_mask")
         p_tok, p_mask = self.image_tokens(batch.get("prior_images"), prior_mask_views, batch.get("prior_features"))
         p_mask = p_mask & prior_mask_views.any(1, keepdim=True)  # mean fusion gives tokens for zero views: none
+        p_img = self.project(p_tok)
+        if self.view_marker is not None:
+            p_img = p_img + self.view_marks(self._needed(batch, "prior_view_positions"), prior_mask_views, p_img)
         marker = self.study_marker.weight.to(img.dtype)
-        return (torch.cat([self.project(p_tok) + marker[1], img + marker[0]], dim=1),
-                torch.cat([p_mask, mask], dim=1))
+        return torch.cat([p_img + marker[1], img + marker[0]], dim=1), torch.cat([p_mask, mask], dim=1)
+
+    def view_marks(self, positions: torch.Tensor, view_mask: torch.Tensor, img: torch.Tensor) -> torch.Tensor:
+        """What `view_marker` adds to one study span's projected image tokens `img` [B, T, H]: each token gets the
+        marker of the view it came from (`positions` [B, V] ids), an absent view (`view_mask` [B, V] False) none.
+
+        It is added here, in the LM's embedding space after `lm_proj` and `lm_norm` (as the study marker), not to
+        the encoder's per-view tokens before `encoder.fuse`: the LayerNorm would rescale it with each token, and the
+        encoder (and the feature cache, which stores its per-view tokens) stays as it is. Both fusions get what a
+        marker added to each view's tokens before fusion would give: `concat` keeps the views' L tokens side by
+        side ([B, V*L, H], view by view), so view v's tokens get v's marker; `mean` averages the present views'
+        tokens into L tokens, and the mean of (token + its view's marker) is the mean token plus the mean marker,
+        so each fused token gets the mean of the present views' markers (a PA + LATERAL study's differs from a
+        PA-only one's). Returns [B, V*L, H] (concat) or [B, 1, H] (mean, added to each of the L tokens)."""
+        present = view_mask.to(img.dtype)[:, :, None]  # [B, V, 1]
+        marks = self.view_marker(positions).to(img.dtype) * present  # [B, V, H]
+        if self.encoder.fusion == "mean":
+            return (marks.sum(1) / present.sum(1).clamp_min(1))[:, None]  # [B, 1, H]
+        return marks.repeat_interleave(img.shape[1] // positions.shape[1], dim=1)  # [B, V*L, H]
 
     def losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """`lm`: the LM's loss of the reports (`target_ids`, `target_lengths`: r2gen.data.collate) given the images
@@ -197,6 +224,12 @@ class R2GenModule(pl.LightningModule):
         if context is None:
             raise self._without_context()
         return context
+
+    def _needed(self, batch: dict[str, Any], key: str) -> torch.Tensor:
+        """`batch[key]`, which this model's context needs (context.prior_images, context.view_positions)."""
+        if key not in batch:
+            raise self._without_context()
+        return batch[key]
 
     def _without_context(self) -> InputError:
         """The error for a batch that lacks the context this model reads (predict.py, the app)."""
@@ -245,7 +278,7 @@ class R2GenModule(pl.LightningModule):
     def configure_optimizers(self):
         o = self.cfg.optim
         head = [self.finding_head] if self.finding_head is not None else []
-        head += [self.study_marker] if self.study_marker is not None else []
+        head += [m for m in (self.study_marker, self.view_marker) if m is not None]
         parts = {"proj": (o.lr, [self.lm_proj, self.lm_norm, *head]), "encoder": (o.encoder_lr, [self.encoder]),
                  "lm": (o.lm_lr, [self.lm_model])}
         groups = []

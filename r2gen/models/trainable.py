@@ -86,13 +86,15 @@ def apply_lm_training(lm: nn.Module, lm_cfg, quantized: bool = False) -> nn.Modu
 
 
 def count_params(module) -> dict[str, tuple[int, int]]:
-    """{part: (trainable, total)} for the encoder, the projection, the LM, the finding head and the study markers
-    (if any) and all."""
+    """{part: (trainable, total)} for the encoder, the projection, the LM, the finding head, the study and view
+    markers (if any) and all."""
     parts = {"encoder": [module.encoder], "projection": [module.lm_proj, module.lm_norm], "lm": [module.lm_model]}
     if getattr(module, "finding_head", None) is not None:
         parts["finding head"] = [module.finding_head]
     if getattr(module, "study_marker", None) is not None:
         parts["study markers"] = [module.study_marker]
+    if getattr(module, "view_marker", None) is not None:
+        parts["view markers"] = [module.view_marker]
     out = {}
     for name, mods in parts.items():
         ps = [p for m in mods for p in m.parameters()]
