@@ -20,7 +20,7 @@ A model trained with a study's context (`context.*`: r2gen.data.context) reads i
   * image files: `indication=`, `comparison=`, `prior=[a.png,...]` (the prior's images) and `prior_report=` on the
     command line.
 What the model does not read is left out with a warning; a part it reads and a study lacks is written "none", as
-for a first study (a warning says so when no study gave any). The prior's images pass the same check as the study's.
+for a first study, and a view position it lacks is `unknown` (a warning says so when no study gave any). The prior's images pass the same check as the study's.
 
 The model is rebuilt from the checkpoint as evaluate.py rebuilds it (`r2gen.build.rebuild`, command-line
 overrides included), and each study is preprocessed and generated for as at evaluation: the encoder's size and
@@ -381,7 +381,8 @@ def check_context(studies: list[Study], context: Context) -> None:
     """Warn of context the studies give and the model does not read (left out), and of a part the model reads that
     no study gave (each written "none", as for a first study: perhaps forgotten)."""
     reads = {"indication": context.indication, "comparison": context.comparison,
-             "prior_report": context.prior_report, "prior_image_path": context.prior_images}
+             "prior_report": context.prior_report, "prior_image_path": context.prior_images,
+             "view_positions": context.view_positions}
     names = {"prior_image_path": "prior_images"}  # the context.* switch of each study field
     ignored = sorted({k for s in studies for k, on in reads.items() if s.get(k) and not on})
     if ignored:

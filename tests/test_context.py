@@ -310,3 +310,29 @@ def test_evaluate_with_shuffled_priors(longitudinal_table, tmp_path, cache_dir):
     evaluate(compose_cfg("evaluate", ev, tmp_path / "ev", cache_dir), overrides=ev)
     m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert m["shuffle_priors"] is True and m["n_studies"] == 4
+
+
+def test_predict_gives_each_new_study_its_prior_and_view_positions():
+    """predict.py's studies as a dataset: each prior an entry of its own after the studies, a prior given by its
+    report alone has no image span, and the view positions of a table's rows reach the view marker's ids."""
+    from r2gen.data.context import prior_index
+    from r2gen.data.datamodule import StudyDataset
+    from r2gen.data.view_positions import VIEW_POSITIONS
+    from r2gen.predict import study_entries
+
+    ctx = Context.from_config({"prior_images": True, "prior_report": True, "view_positions": True})
+    studies = [{"id": "a", "image_path": ["/x/a.png"], "view_positions": ["PA"], "prior_image_path": ["/x/p.png"],
+                "prior_view_positions": ["LATERAL"], "prior_report": "Old effusion."},
+               {"id": "b", "image_path": ["/x/b.png"], "prior_report": "Only its text."},
+               {"id": "c", "image_path": ["/x/c.png"], "indication": "cough"}]  # a first study
+    entries = study_entries(studies, ctx)
+    assert [e["id"] for e in entries] == ["a", "b", "c", "\0prior\0a", "\0prior\0b"]
+    assert prior_index(entries) == [3, -1, -1, -1, -1]
+    assert ctx.texts(entries, str.lower)[:3] == ["prior report: old effusion.", "prior report: only its text.",
+                                                 "prior report: none."]
+    ds = StudyDataset(entries, Path(), None, 1, str.lower)
+    ds.attach_context(ctx, entries, str.lower)
+    ids = {name: k for k, name in enumerate(VIEW_POSITIONS)}
+    assert ds.view_positions[:, 0].tolist() == [ids["PA"], ids["unknown"], ids["unknown"], ids["LATERAL"],
+                                                ids["unknown"]]
+    assert ds.extras(0)["prior_view_positions"].tolist() == [ids["LATERAL"]]
