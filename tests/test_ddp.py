@@ -11,7 +11,7 @@ from r2gen.scoring import METRIC_NAMES
 from r2gen.train import train
 
 from .helpers.cli import run_cli
-from .helpers.config import SMALL, compose_cfg
+from .helpers.config import CONTEXT, SMALL, compose_cfg
 from .helpers.files import read_jsonl
 
 
@@ -56,3 +56,16 @@ def test_deepspeed_without_deepspeed_is_one_clear_error(make_cfg, monkeypatch):
     cfg = make_cfg("trainer=deepspeed_stage2")
     with pytest.raises(ValueError, match=r'trainer.strategy=deepspeed_stage_2 needs DeepSpeed.*pip install -e "\.\[deepspeed\]"'):
         build.trainer(cfg, with_callbacks=False)
+
+
+@pytest.mark.slow
+def test_a_context_run_trains_on_two_ddp_processes(tmp_path, cache_dir):
+    """trainer=ddp on 2 CPU processes (gloo) with every context part on: each rank's shard carries its studies'
+    priors, and the run trains and tests."""
+    out = tmp_path / "ddp"
+    r = run_cli("train.py", *SMALL, *CONTEXT, "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu",
+                "data.batch_size=4", f"hydra.run.dir={out}", cache_dir=cache_dir)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "MEMBER: 2/2" in r.stdout + r.stderr
+    metrics = json.loads((out / "test" / "metrics.json").read_text())
+    assert metrics["n_studies"] > 0 and "temporal_acc" in metrics

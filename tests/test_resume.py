@@ -24,7 +24,7 @@ from r2gen.errors import InputError, StorageError
 from r2gen.train import train
 
 from .helpers.cli import cli_env, run_cli
-from .helpers.config import SMALL, compose_cfg
+from .helpers.config import CONTEXT, SMALL, compose_cfg
 from .helpers.paths import ROOT
 
 # 6 training steps per epoch (24 studies, batches of 4), 4 epochs; augmentation on (align=deep), so the shuffle, the
@@ -260,6 +260,32 @@ def test_step_checkpoint_resumes_mid_epoch_exactly(tmp_path, cache_dir, uninterr
     train(compose_cfg("config", cli_args(steps + extra + [f"ckpt_path={run}/checkpoints/last.ckpt"]), run, cache_dir))
     assert_same_run(expected, run)
     assert not [w for w in recwarn if "not resumable" in str(w.message)]
+
+
+@pytest.mark.slow
+def test_a_context_run_resumes_mid_epoch_exactly(tmp_path, cache_dir, uninterrupted, monkeypatch):
+    """The longitudinal demo with every context part on: killed mid-epoch, resumed from the step checkpoint, it
+    ends with the uninterrupted run's weights (the study and view markers included) and logged losses."""
+    expected = uninterrupted(*CONTEXT)
+    run = tmp_path / "run"
+    steps = ["callbacks.resume.every_n_train_steps=2"]
+    real_trainer = build.trainer
+
+    def crashing_trainer(cfg, *args, **kwargs):
+        trainer = real_trainer(cfg, *args, **kwargs)
+        trainer.callbacks.insert(0, Crash(9))
+        return trainer
+
+    monkeypatch.setattr(build, "trainer", crashing_trainer)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(compose_cfg("config", cli_args(steps + CONTEXT), run, cache_dir))
+    monkeypatch.setattr(build, "trainer", real_trainer)
+    saved = load(run / "checkpoints" / "last.ckpt")
+    assert saved["global_step"] == 8 and saved["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]["batches"] > 0
+    assert {"study_marker.weight", "view_marker.weight"} <= set(saved["state_dict"])
+    train(compose_cfg("config", cli_args(steps + CONTEXT + [f"ckpt_path={run}/checkpoints/last.ckpt"]), run,
+                      cache_dir))
+    assert_same_run(expected, run)
 
 
 def _loader(data, sampler=None):

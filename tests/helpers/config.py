@@ -22,6 +22,10 @@ SMALL = [
     "trainer.enable_progress_bar=false", "trainer.num_sanity_val_steps=0", "trainer.log_every_n_steps=1",
     "~logger.tensorboard",
 ]
+# The longitudinal demo with every part of a study's context on: the prior's images and report, the indication, the
+# view positions (with SMALL: 24 subjects, ~54 training studies).
+CONTEXT = ["data=demo_longitudinal", "context.prior_images=true", "context.prior_report=true",
+           "context.indication=true", "context.view_positions=true"]
 # The demo shrink minus its lm.build.* entries, which only lm=tiny has.
 SMALL_NO_BUILD = [o for o in SMALL if not o.startswith("lm.build.")]
 
