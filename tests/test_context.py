@@ -1,6 +1,6 @@
 """A study's context in the prompt (context.indication, context.comparison, context.prior_report): the texts, their
-tokens in the LM's input before the image, the report target untouched, and a run that trains, evaluates and refuses
-what cannot give the context yet."""
+tokens in the LM's input before the image, the report target untouched, and a run that trains, evaluates, exports
+and refuses what cannot give the context yet."""
 
 from __future__ import annotations
 
@@ -99,7 +99,7 @@ def _overrides(root: Path) -> list[str]:
             "data.labeler=demo", "context.indication=true", "context.prior_report=true", *small]
 
 
-def test_a_run_with_context_trains_evaluates_and_says_what_cannot_give_it(longitudinal_table, tmp_path, cache_dir):
+def test_a_run_with_context_trains_evaluates_exports_and_says_what_cannot_give_it(longitudinal_table, tmp_path, cache_dir):
     from r2gen import build
     from r2gen.evaluate import evaluate
     from r2gen.export import export
@@ -130,10 +130,10 @@ def test_a_run_with_context_trains_evaluates_and_says_what_cannot_give_it(longit
     with pytest.raises(InputError, match=r"this model reads each study's indication, prior_report .*predict.py and "
                                          r"the app cannot give a study's context yet"):
         predict(compose_cfg("predict", pr, tmp_path / "pr", cache_dir), overrides=pr)
-    ex = [f"ckpt={best}", f"out={tmp_path / 'export'}"]
-    with pytest.raises(ConfigError, match=r"context.indication/prior_report=true: .*export part=lm"):
-        export(compose_cfg("export", ex, tmp_path / "ex", cache_dir), overrides=ex)
-    assert not (tmp_path / "export").exists()
+    ex = [f"ckpt={best}", f"out={tmp_path / 'export'}"]  # the folder carries the context settings (test_export.py)
+    export(compose_cfg("export", ex, tmp_path / "ex", cache_dir), overrides=ex)
+    config = json.loads((tmp_path / "export" / "config.json").read_text())
+    assert config["context"] == {"parts": ["indication", "prior_report"], "max_tokens": 128, "prior_images": False}
 
 
 def test_context_with_the_feature_cache(longitudinal_table, tmp_path, cache_dir):

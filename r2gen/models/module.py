@@ -25,7 +25,7 @@ from r2gen.errors import InputError
 from r2gen.models.encoder import ImageEncoder
 from r2gen.models.finding_loss import FindingHead
 from r2gen.models.lm import generation_config, is_encoder_decoder, load_lm, quantization_config
-from r2gen.models.prompt import Prompt, context_of, decode_reports, lm_inputs
+from r2gen.models.prompt import Prompt, context_of, decode_reports, lm_inputs, with_prior
 from r2gen.models.trainable import apply_align, apply_lm_training, count_params
 
 log = logging.getLogger(__name__)
@@ -154,12 +154,9 @@ class R2GenModule(pl.LightningModule):
             return img, mask
         if "prior_view_mask" not in batch:
             raise self._without_context()
-        prior_mask_views = batch["prior_view_mask"]
-        p_tok, p_mask = self.image_tokens(batch.get("prior_images"), prior_mask_views, batch.get("prior_features"))
-        p_mask = p_mask & prior_mask_views.any(1, keepdim=True)  # mean fusion gives tokens for zero views: none
-        marker = self.study_marker.weight.to(img.dtype)
-        return (torch.cat([self.project(p_tok) + marker[1], img + marker[0]], dim=1),
-                torch.cat([p_mask, mask], dim=1))
+        prior_views = batch["prior_view_mask"]
+        p_tok, p_mask = self.image_tokens(batch.get("prior_images"), prior_views, batch.get("prior_features"))
+        return with_prior(img, mask, self.project(p_tok), p_mask, prior_views, self.study_marker.weight)
 
     def losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """`lm`: the LM's loss of the reports (`target_ids`, `target_lengths`: r2gen.data.collate) given the images
@@ -196,7 +193,8 @@ class R2GenModule(pl.LightningModule):
         return InputError(f"this model reads each study's {', '.join(self.context.switched_on)} (it was trained "
                           f"with context.{'/'.join(self.context.switched_on)}=true), which these studies do not come "
                           f"with; predict.py and the app cannot give a study's context yet: evaluate it with "
-                          f"evaluate.py on a data set whose studies carry it")
+                          f"evaluate.py on a data set whose studies carry it, or export it (python -m r2gen.export), "
+                          f"whose generate_reports takes each study's context")
 
     @torch.no_grad()
     def generate(self, images: torch.Tensor | None, view_mask: torch.Tensor,
