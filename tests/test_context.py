@@ -1,6 +1,6 @@
 """A study's context in the prompt (context.indication, context.comparison, context.prior_report): the texts, their
-tokens in the LM's input before the image, the report target untouched, and a run that trains, evaluates and refuses
-what cannot give the context yet."""
+tokens in the LM's input before the image, the report target untouched, and a run that trains, evaluates, exports
+and refuses what cannot give the context yet."""
 
 from __future__ import annotations
 
@@ -100,7 +100,7 @@ def _overrides(root: Path) -> list[str]:
             "data.labeler=demo", "context.indication=true", "context.prior_report=true", *small]
 
 
-def test_a_run_with_context_trains_evaluates_predicts_and_says_what_cannot_give_it(longitudinal_table, tmp_path,
+def test_a_run_with_context_trains_evaluates_predicts_and_exports(longitudinal_table, tmp_path,
                                                                                    cache_dir):
     from r2gen import build
     from r2gen.evaluate import evaluate
@@ -129,10 +129,10 @@ def test_a_run_with_context_trains_evaluates_predicts_and_says_what_cannot_give_
     scores = evaluate(compose_cfg("evaluate", ev, tmp_path / "ev", cache_dir), overrides=ev)
     assert "Bleu_4" in scores  # the checkpoint's context settings came with it
     predict_with_context(predict, best, root, tmp_path, cache_dir, tmp_path / "ev", get_cleaner(cfg.data.clean))
-    ex = [f"ckpt={best}", f"out={tmp_path / 'export'}"]
-    with pytest.raises(ConfigError, match=r"context.indication/prior_report/prior_images=true: .*export part=lm"):
-        export(compose_cfg("export", ex, tmp_path / "ex", cache_dir), overrides=ex)
-    assert not (tmp_path / "export").exists()
+    ex = [f"ckpt={best}", f"out={tmp_path / 'export'}"]  # the folder carries the context settings (test_export.py)
+    export(compose_cfg("export", ex, tmp_path / "ex", cache_dir), overrides=ex)
+    config = json.loads((tmp_path / "export" / "config.json").read_text())
+    assert config["context"] == {"parts": ["indication", "prior_report"], "max_tokens": 128, "prior_images": True}
 
 
 def predict_with_context(predict, best: Path, root: Path, tmp_path: Path, cache_dir: Path, scores_dir: Path,

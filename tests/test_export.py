@@ -5,7 +5,10 @@ The fast tests export the session's demo checkpoint and one LoRA checkpoint (LoR
 process, load the folder through its own code (not r2gen's) and compare with `r2gen.predict.predict` on the same
 images: the same model inputs and image tokens, the same reports. The slow ones run the export command, delete the
 run's cache (demo data, the locally built LM) and load the folder with `AutoModel.from_pretrained(...,
-trust_remote_code=True)` in a fresh process where r2gen (and, for `part=lm`, peft) cannot be imported.
+trust_remote_code=True)` in a fresh process where r2gen (and, for `part=lm`, peft) cannot be imported. A model
+trained with context (`context.*`, on the longitudinal demo) is compared with the checkpoint's
+`R2GenModule.generate` on the run's own test batches: each study's indication, prior report and prior images given
+to `generate_reports` give the same LM input and the same reports.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import ast
 import errno
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -41,6 +45,11 @@ FAST = ["trainer.accelerator=cpu", "trainer.enable_progress_bar=false"]
 # LoRA on the LM and on the encoder (align=delta). timm's ResNets start each residual branch's last BatchNorm at
 # zero, which would keep the encoder's adapters at zero (they sit in those branches): start it at one instead.
 LORA = ["lm.freeze=true", "lm.lora.r=4", "align=delta", "+encoder.kwargs.zero_init_last=false"]
+# The longitudinal demo (SMALL's sizes, so it is the set test_longitudinal.py generates in the same cache) with every
+# context part the export carries but the comparison line; a small max_tokens, so the prior report is cut.
+CONTEXT = ["data=demo_longitudinal", "context.prior_images=true", "context.prior_report=true",
+           "context.indication=true", "context.max_tokens=16", "trainer.limit_train_batches=2",
+           "trainer.limit_val_batches=0", "~callbacks.best_checkpoint", "test_after_fit=false"]  # no scoring: last.ckpt
 
 
 def run_export(ckpt, out, *overrides, tmp_path, cache_dir) -> Path:
@@ -127,6 +136,61 @@ def exports(tmp_path_factory, cache_dir, demo_run, lora_run) -> dict[str, Path]:
     assert {k: snapshot(r) for k, r in runs.items()} == before  # the checkpoints and run folders are only read
     assert not [p for p in tmp.iterdir() if p.name.startswith(".")]  # no temporary folder left behind
     return out
+
+
+@pytest.fixture(scope="module")
+def context_run(tmp_path_factory, cache_dir) -> Path:
+    out = tmp_path_factory.mktemp("context_run")
+    train(compose_cfg("config", SMALL + CONTEXT, out, cache_dir))
+    return out
+
+
+@pytest.fixture(scope="module")
+def context_export(tmp_path_factory, cache_dir, context_run) -> Path:
+    tmp = tmp_path_factory.mktemp("context_export")
+    return run_export(context_run / "checkpoints" / "last.ckpt", tmp / "ctx", tmp_path=tmp, cache_dir=cache_dir)
+
+
+def generate_inputs(lm, calls: list) -> None:
+    """Record what `lm.generate` is called with (inputs_embeds, attention_mask), on this instance only."""
+    generate = lm.generate
+
+    def spy(*args, **kwargs):
+        calls.append((kwargs["inputs_embeds"].clone(), kwargs["attention_mask"].clone()))
+        return generate(*args, **kwargs)
+
+    lm.generate = spy
+
+
+@pytest.fixture(scope="module")
+def context_reference(tmp_path_factory, cache_dir, context_run) -> dict:
+    """The checkpoint's reports for its test split, batch by batch from the run's own datamodule and collator
+    (R2GenModule.generate), what its LM was given, and each study as a user gives it to `generate_reports`: image
+    paths, its indication, its prior study's images and (raw) report, from the data set's annotation."""
+    from r2gen.build import datamodule, load_model, rebuild
+    from r2gen.data.annotations import read_studies
+
+    o = [f"ckpt={context_run / 'checkpoints' / 'last.ckpt'}", *FAST]
+    ck, run = rebuild(compose_cfg("evaluate", o, tmp_path_factory.mktemp("ctx_eval"), cache_dir), o)
+    model = load_model(run, ck).eval()
+    dm = datamodule(run, model, splits=("test",))
+    calls, reports = [], []
+    generate_inputs(model.lm_model, calls)
+    for batch in dm.test_dataloader():
+        reports += model.generate(batch["images"], batch["view_mask"], batch=batch)
+    entries = read_studies(run.data, ("test",))["test"]
+    assert [e["id"] for e in entries] == list(dm.splits["test"].table.ids)
+    by_id = {e["id"]: e for e in entries}
+    images = lambda e: [str(Path(run.data.image_dir) / p) for p in e["image_path"]]  # noqa: E731
+    priors = [by_id.get(e["prior_id"]) for e in entries]
+    return {"reports": reports, "inputs": calls, "studies": [images(e) for e in entries],
+            "indications": [e.get("indication") for e in entries],
+            "prior_studies": [images(p) if p else None for p in priors],
+            "prior_reports": [p["report"] if p else None for p in priors]}
+
+
+def context_of_studies(ref: dict) -> dict:
+    return {k: ref[k] for k in ("indications", "prior_studies", "prior_reports")}
 
 
 def ckpt_of(name: str, demo_run: Path, lora_run: Path) -> Path:
@@ -244,6 +308,79 @@ def test_save_pretrained_round_trips(exports, studies, tmp_path):
     assert copy.generate_reports(paths) == model.generate_reports(paths)
 
 
+def test_a_model_without_context_takes_no_context_keywords(exports, studies):
+    model = load(exports["demo"])
+    assert model.config.context == {"parts": [], "max_tokens": 128, "prior_images": False}
+    assert model.study_marker is None and model.context_keywords == ()
+    paths = [[str(p) for p in sorted(d.iterdir())] for d in sorted(studies.iterdir())][:2]
+    with pytest.raises(ValueError, match=r"indications= was given, but this model does not read a study's "
+                                         r"indication: it reads no context"):
+        model.generate_reports(paths, indications=["cough", None])
+    assert "### Each study's context" not in (exports["demo"] / "README.md").read_text()
+
+
+# --- part=all of a model that reads each study's context -------------------------------------------------------------
+def test_a_context_model_writes_the_checkpoint_s_reports(context_export, context_reference, caplog):
+    """The run's context settings and study marker in the folder; given each study's indication, prior images and
+    prior report, the exported model's LM gets the inputs r2gen's gets from the run's collated test batches (bit for
+    bit, prior span, marker, masking and the cut context text included) and writes the same reports."""
+    folder, ref = context_export, context_reference
+    config = json.loads((folder / "config.json").read_text())
+    assert config["context"] == {"parts": ["indication", "prior_report"], "max_tokens": 16, "prior_images": True}
+    with safe_open(folder / "model.safetensors", "pt") as f:
+        assert f.get_tensor("study_marker.weight").abs().sum() > 0  # trained away from its zero start
+    model = load(folder)
+    assert model.context_keywords == ("indications", "prior_reports", "prior_studies")
+    assert any(ref["prior_studies"]) and None in ref["prior_studies"]  # first studies and follow-ups
+    calls = []
+    generate_inputs(model.lm_model, calls)
+    reports = model.generate_reports(ref["studies"], **context_of_studies(ref))
+    assert len(calls) == len(ref["inputs"]) >= 2  # batches of data.eval_batch_size=8, as evaluated
+    for (emb, attn), (ref_emb, ref_attn) in zip(calls, ref["inputs"], strict=True):
+        assert torch.equal(attn, ref_attn) and torch.equal(emb, ref_emb)
+    assert reports == ref["reports"]
+    with caplog.at_level(logging.WARNING):  # none of the context given: every study read as a first study, once
+        plain = model.generate_reports(ref["studies"][:8])
+        model.generate_reports(ref["studies"][:1])
+    warned = [r.message for r in caplog.records if "generate_reports was given none of them" in r.getMessage()]
+    assert len(warned) == 1 and "pass indications=, prior_reports=, prior_studies=" in caplog.text
+    assert plain != reports[:8]  # the model reads the context
+    card = (folder / "README.md").read_text()
+    assert "### Each study's context" in card and "prior_studies=[" in card and "at most 16 tokens" in card
+
+
+def test_a_study_without_a_prior_or_an_indication_is_written_none(context_export, context_reference):
+    """None entries and left-out keywords are what r2gen gives a first study with no indication: the text parts
+    written `none`, the prior span masked out (whatever the images of a study that is not there)."""
+    model, ref = load(context_export), context_reference
+    first = ref["studies"][:1] * 2
+    explicit = model.generate_reports(first, indications=[None, ""], prior_studies=[None, None],
+                                      prior_reports=[None, None])
+    assert model.generate_reports(first, indications=[None, None]) == explicit
+    assert explicit[0] == explicit[1]
+    ids, lengths = model.context_tokens({"indications": ["", None], "prior_reports": [None, " . "]}, 2)
+    none = model.tokenizer("indication: none. prior report: none.", add_special_tokens=False).input_ids[:16]
+    assert lengths.tolist() == [len(none)] * 2 and ids.tolist() == [none] * 2  # cut to context.max_tokens=16
+
+
+def test_context_keywords_are_checked(context_export, context_reference):
+    model, ref = load(context_export), context_reference
+    studies = ref["studies"][:2]
+    with pytest.raises(ValueError, match=r"comparisons= was given, but this model does not read a study's "
+                                         r"comparison: it reads indications=, prior_reports=, prior_studies="):
+        model.generate_reports(studies, comparisons=["none", None])
+    with pytest.raises(ValueError, match=r"prior_reports has 1 entries for 2 studies: give one per study"):
+        model.generate_reports(studies, prior_reports=["x"])
+    with pytest.raises(ValueError, match=r"prior_studies has 3 entries for 2 studies"):
+        model.generate_reports(studies, prior_studies=[None] * 3)
+    with pytest.raises(TypeError, match=r"indications is a str: give a list"):
+        model.generate_reports(studies, indications="cough")
+    with pytest.raises(TypeError, match=r"prior_studies\[0\] is a str: a prior study is a list of images"):
+        model.generate_reports(studies, prior_studies=[studies[1][0], None])
+    with pytest.raises(ValueError, match=r"prior_studies\[1\] has no image: give None"):
+        model.generate_reports(studies, prior_studies=[None, []])
+
+
 # --- part=lm ---------------------------------------------------------------------------------------------------------
 def test_part_lm_is_the_lm_alone_with_lora_merged(exports, lora_run, tmp_path, cache_dir):
     from transformers import AutoModelForCausalLM
@@ -296,6 +433,17 @@ def test_a_full_disk_leaves_nothing_behind(demo_run, tmp_path, cache_dir, monkey
     with pytest.raises(StorageError, match=r"could not write out=.*new: No space left on device; nothing was written"):
         run_export(demo_run / "checkpoints" / "last.ckpt", tmp_path / "new", tmp_path=tmp_path, cache_dir=cache_dir)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".") or p.name == "new"]
+
+
+def test_a_context_switch_the_export_does_not_carry_is_refused(context_run, tmp_path, cache_dir, monkeypatch):
+    """A context.* switch generate_reports cannot take (as a new one would be) is refused, not silently dropped."""
+    import r2gen.export.exporter as mod
+
+    monkeypatch.setattr(mod, "CARRIED", ("indication", "prior_report"))
+    with pytest.raises(ConfigError, match=r"context.prior_images=true: .*generate_reports does not take yet \(it takes "
+                                          r"indication, prior_report\); export part=lm"):
+        run_export(context_run / "checkpoints" / "last.ckpt", tmp_path / "x", tmp_path=tmp_path, cache_dir=cache_dir)
+    assert not (tmp_path / "x").exists()
 
 
 def test_quantized_lms_and_unknown_parts_are_refused(demo_run, tmp_path, cache_dir):
@@ -397,6 +545,24 @@ def test_a_colleague_without_r2gen_gets_predict_py_s_reports(name, tmp_path):
     if name == "lora":
         theirs = colleague(LM, {"folder": str(tmp_path / "lm"), "ids": ids.tolist()}, tmp_path, block_peft=True)
         torch.testing.assert_close(torch.tensor(json.loads(theirs)), logits, rtol=0, atol=1e-5)
+
+
+CONTEXT_MODEL = """
+from transformers import AutoModel
+model = AutoModel.from_pretrained(args["folder"], trust_remote_code=True)
+assert type(model).__module__.startswith("transformers_modules.")
+print(json.dumps(model.generate_reports(args["studies"], **args["context"])))
+"""
+
+
+@pytest.mark.slow
+def test_a_colleague_without_r2gen_gives_each_study_s_context(context_export, context_reference, tmp_path):
+    """The context model's folder loaded with AutoModel + trust_remote_code where r2gen cannot be imported: given
+    each study's indication, prior images and prior report, the checkpoint's reports."""
+    ref = context_reference
+    out = colleague(CONTEXT_MODEL, {"folder": str(context_export), "studies": ref["studies"],
+                                    "context": context_of_studies(ref)}, tmp_path)
+    assert json.loads(out) == ref["reports"]
 
 
 @pytest.mark.slow

@@ -7,7 +7,7 @@ numbers stay comparable.
 `Context.from_config(cfg.context)` says which parts are on; `Context.texts(entries, clean)` gives one text per
 study of a split, in order: the parts that are on, each as `<name>: <text>` cleaned with the data set's report
 cleaner (the prior report is the prior study's report as the model learns to write it) and ended with a full
-stop, joined by spaces. A part the study does not have is written as `<name>: none.`, so the model can tell a
+stop, joined by spaces (written by r2gen.models.prompt.context_text, which an exported model runs too). A part the study does not have is written as `<name>: none.`, so the model can tell a
 missing indication or a first study (no prior) from one it was not shown. A prior is the study's `prior_id` in the
 same split (r2gen.data.priors); one the set-up check dropped (`data.on_bad_sample=skip`) counts as none.
 How many tokens of it the LM reads is `context.max_tokens` (r2gen.models.prompt.ContextTokens); the report target
@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from r2gen.errors import ConfigError
+from r2gen.models.prompt import context_text
 
 PARTS = ("indication", "comparison", "prior_report")  # in the order they are written
 SWITCHES = (*PARTS, "prior_images", "view_positions")
@@ -76,16 +77,11 @@ class Context:
         reports = {str(e["id"]): e["report"] for e in entries} if self.prior_report else {}
         out = []
         for e in entries:
-            written = []
-            for part in self.parts:
-                if part == "prior_report":
-                    prior = e.get("prior_id")
-                    text = reports.get(str(prior)) if prior is not None else None
-                else:
-                    text = e.get(part)
-                text = clean(text).strip() if isinstance(text, str) else ""
-                written.append(f"{part.replace('_', ' ')}: {text.rstrip(' .') or 'none'}.")
-            out.append(" ".join(written))
+            values = {part: e.get(part) for part in self.parts}
+            if self.prior_report:
+                prior = e.get("prior_id")
+                values["prior_report"] = reports.get(str(prior)) if prior is not None else None
+            out.append(context_text(self.parts, values, clean))  # the format's one writer (r2gen.models.prompt)
         return out
 
 

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from transformers import PretrainedConfig
 
+# `R2GenModel.generate_reports`' keywords -> the part of a study's context each gives (r2gen's context.* switches)
+CONTEXT_KEYWORDS = {"indications": "indication", "comparisons": "comparison", "prior_reports": "prior_report",
+                    "prior_studies": "prior_images"}
+
 
 class R2GenConfig(PretrainedConfig):
     """
@@ -26,6 +30,10 @@ class R2GenConfig(PretrainedConfig):
         `AutoModelForSeq2SeqLM` where it `is_encoder_decoder`)
     lm_attn_implementation: the attention the run's LM config named (None: transformers' default, e.g. sdpa)
     batch_size: studies per generation batch (the run's `data.eval_batch_size`: batches pad alike)
+    context: what of a study's context the LM reads (the run's `context.*`; empty: none): {"parts": the texts it
+        reads after the prompt's prefix, in order ("indication", "comparison", "prior_report"), "max_tokens": the
+        most tokens of them it reads, "prior_images": whether the prior study's images go before the current
+        study's as their own span (with the learned `study_marker`)}
     """
 
     model_type = "r2gen"
@@ -33,8 +41,8 @@ class R2GenConfig(PretrainedConfig):
 
     def __init__(self, encoder: dict | None = None, num_views: int = 1, image: dict | None = None,
                  prompt: dict | None = None, clean: str = "whitespace", generate: dict | None = None,
-                 sampling: dict | None = None, lm_config: dict | None = None, lm_attn_implementation: str | None = None, batch_size: int = 8,
-                 **kwargs):
+                 sampling: dict | None = None, lm_config: dict | None = None, lm_attn_implementation: str | None = None,
+                 batch_size: int = 8, context: dict | None = None, **kwargs):
         self.encoder = encoder or {}
         self.num_views = num_views
         self.image = image or {}
@@ -45,4 +53,5 @@ class R2GenConfig(PretrainedConfig):
         self.lm_config = lm_config or {}
         self.lm_attn_implementation = lm_attn_implementation
         self.batch_size = batch_size
+        self.context = context or {}  # a folder exported before context was carried: none
         super().__init__(**kwargs)

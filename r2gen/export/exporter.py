@@ -2,8 +2,10 @@
 `out` (absent or an empty folder) is complete or absent; the checkpoint is only read.
 
 `part=all` writes the Hugging Face folder through the exported classes (`write_model`): `config.json`
-(`model_type: r2gen`, an `auto_map` to the code in the folder), the code (`EXPORTED`), `model.safetensors`
-(encoder, projection, norm and LM, any LoRA merged) and the tokenizer. `part=lm` writes the LM alone, LoRA merged,
+(`model_type: r2gen`, an `auto_map` to the code in the folder, the run's `context.*`), the code (`EXPORTED`),
+`model.safetensors` (encoder, projection, norm, the study marker of `context.prior_images`, and LM, any LoRA merged)
+and the tokenizer. A model trained with context reads each study's from `generate_reports`' keywords
+(modeling_r2gen.py), as r2gen's data sets give it. `part=lm` writes the LM alone, LoRA merged,
 as a plain folder of its own architecture (`AutoModelForCausalLM`, or for a T5-style LM `AutoModelForSeq2SeqLM`, loads
 it without peft or remote code), with its tokenizer. Either gets a model card (r2gen.export.model_card).
 
@@ -31,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from r2gen.build import cli_overrides, datamodule, load_model, rebuild
 from r2gen.data.context import Context
 from r2gen.errors import ConfigError, StorageError, UnsafeWriteError, UserError
+from r2gen.export.configuration_r2gen import CONTEXT_KEYWORDS
 from r2gen.export.model_card import lm_card, model_card
 from r2gen.models.lm import checkpoint_generation
 
@@ -48,6 +51,7 @@ EXPORTED = {
     "encoder.py": R2GEN / "models" / "encoder.py",
     "prompt.py": R2GEN / "models" / "prompt.py",
 }
+CARRIED = tuple(CONTEXT_KEYWORDS.values())  # the context.* switches the exported generate_reports takes
 
 
 def export(cfg: DictConfig, overrides: list[str] | None = None) -> Path:
@@ -69,14 +73,11 @@ def export(cfg: DictConfig, overrides: list[str] | None = None) -> Path:
                           f"quant=none to merge the adapters into the LM's full-precision weights (its reports may "
                           f"then differ slightly from predict.py's on the quantized LM)")
     context = Context.from_config(run.get("context"))
-    if cfg.part == "all" and context.view_positions:  # the exported folder has no view marker (r2gen.models.module)
-        raise ConfigError("context.view_positions=true: the run's model adds a learned marker of each image's view "
-                          "position, which the exported folder's model does not have; export part=lm, or use the "
-                          "checkpoint with evaluate.py")
-    if cfg.part == "all" and context.enabled:
-        raise ConfigError(f"context.{'/'.join(context.switched_on)}=true: the run's model reads each study's context, which "
-                          f"the exported folder's generate() does not take yet; export part=lm, or use the "
-                          f"checkpoint with evaluate.py")
+    uncarried = [k for k in context.switched_on if k not in CARRIED]
+    if cfg.part == "all" and uncarried:
+        raise ConfigError(f"context.{'/'.join(uncarried)}=true: the run's model reads this part of each study's "
+                          f"context, which the exported folder's generate_reports does not take yet (it takes "
+                          f"{', '.join(CARRIED)}); export part=lm, or use the checkpoint with evaluate.py")
     if cfg.part == "all" and run.lm.trust_remote_code:
         raise ConfigError(f"lm.trust_remote_code=true: the LM {run.lm.name_or_path} runs its own code, which an "
                           f"exported folder cannot carry next to r2gen's; export part=lm, or train with a native "
@@ -180,6 +181,8 @@ def hf_config(model, lm, run: DictConfig) -> dict[str, Any]:
         "lm_config": lm_config,
         "lm_attn_implementation": attention,
         "batch_size": int(run.data.eval_batch_size),
+        "context": {"parts": list(model.context.parts), "max_tokens": int(model.context.max_tokens),
+                    "prior_images": bool(model.context.prior_images)},
     }
 
 
@@ -189,6 +192,8 @@ def write_model(model, lm, run: DictConfig, folder: Path) -> None:
     for m in model.encoder.modules():  # saved with the weights, as the exported encoder keeps them (modeling_r2gen)
         m._non_persistent_buffers_set.clear()
     parts = {"encoder": model.encoder, "lm_proj": model.lm_proj, "lm_norm": model.lm_norm, "lm_model": lm}
+    if model.study_marker is not None:  # context.prior_images
+        parts["study_marker"] = model.study_marker
     state = {f"{p}.{k}": v for p, mod in parts.items() for k, v in mod.state_dict().items()}
     with tempfile.TemporaryDirectory(prefix="r2gen-export-code-") as code:
         for name, src in EXPORTED.items():

@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from r2gen import __version__
 from r2gen.data.annotations import read_studies
+from r2gen.export.configuration_r2gen import CONTEXT_KEYWORDS
 from r2gen.scoring.nlg import METRIC_NAMES
 
 SNIPPET = """\
@@ -25,6 +26,39 @@ reports = model.generate_reports([
 ])                                                  # one report per study
 reports = model.generate_reports(studies, batch_size=4, num_beams=1)   # generate kwargs change the stored config
 ```"""
+
+# One study's context in the usage example, by generate_reports keyword (the second study has none of it).
+CONTEXT_EXAMPLE = {
+    "indications": ('"Cough and fever."', "its indication (the report's INDICATION, else HISTORY)"),
+    "comparisons": ('"Chest radiograph of 2180-01-01."', "its comparison line (the report's COMPARISON)"),
+    "prior_reports": ('"Mild cardiomegaly. No effusion."', "the report of the subject's prior study"),
+    "prior_studies": ('["study1_prior/frontal.png"]', "the prior study's images, like a study"),
+}
+
+
+def _context(config: dict[str, Any]) -> list[str]:
+    """The card's lines on the context a model reads (`config["context"]`, r2gen's context.*); none without it."""
+    ctx = config.get("context") or {}
+    reads = {*ctx.get("parts", ()), *(["prior_images"] if ctx.get("prior_images") else [])}
+    keywords = [kw for kw, part in CONTEXT_KEYWORDS.items() if part in reads]
+    if not keywords:
+        return []
+    width = max(len(f"    {kw}=[{CONTEXT_EXAMPLE[kw][0]}, None],") for kw in keywords) + 2
+    example = [f"    {kw}=[{CONTEXT_EXAMPLE[kw][0]}, None],".ljust(width) + f"# {CONTEXT_EXAMPLE[kw][1]}"
+               for kw in keywords]
+    texts = [kw for kw in keywords if kw != "prior_studies"]
+    return ["", "### Each study's context", "",
+            f"The model was trained reading each study's context (`context.*`), so it takes it too: "
+            f"{', '.join(f'`{kw}`' for kw in keywords)}, each a list with one entry per study, `None` where a study "
+            f"has none. A missing one is written `none` (as the model saw a study without it at training)"
+            + (", and a study without a prior (a first study) has its prior's image span masked out"
+               if "prior_studies" in keywords else "") + "."
+            + (f" The texts are cleaned as the training reports were (`{config.get('clean')}`) and the model reads "
+               f"at most {ctx.get('max_tokens')} tokens of them." if texts else "")
+            + " Leaving them all out reads every study as having none (a warning says so); a keyword the model does "
+              "not read is an error.", "",
+            "```python", "reports = model.generate_reports(",
+            '    [["study1/frontal.png", "study1/lateral.png"], ["study2/frontal.png"]],', *example, ")", "```"]
 
 
 def _names(recorded: Any, ckpt: Path) -> bool:
@@ -129,9 +163,10 @@ def model_card(run: DictConfig, ckpt: Path, folder: Path) -> str:
                   "| " + " | ".join(f"{metrics[k]:.3f}" for k in keys) + " |"]
     lines += ["", "## Use", "", "Needs torch, torchvision, timm, transformers, numpy, Pillow and pydicom; not r2gen.",
               "", SNIPPET.format(path="<this folder>"), "",
-              "The reports are those r2gen's `predict.py` writes for the same images with this checkpoint (same "
-              "preprocessing, prompt, batching, generation config and cleaning). `model.save_pretrained(<folder>)` "
-              "writes a copy that loads the same way.", "",
+              "The reports are those r2gen writes for the same images with this checkpoint (same preprocessing, "
+              "prompt, batching, generation config and cleaning; `predict.py`'s, or for a model that reads context, "
+              "`evaluate.py`'s for studies with the same context). `model.save_pretrained(<folder>)` writes a copy "
+              "that loads the same way.", *_context(config), "",
               "## Licence", "",
               f"These weights contain the language model {_lm_name(run)}: its licence applies to this folder, as do "
               f"the terms under which the training data ({run.data.name}) may be used (e.g. a data use agreement).",

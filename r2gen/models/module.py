@@ -26,7 +26,7 @@ from r2gen.errors import InputError
 from r2gen.models.encoder import ImageEncoder
 from r2gen.models.finding_loss import FindingHead
 from r2gen.models.lm import generation_config, is_encoder_decoder, load_lm, quantization_config
-from r2gen.models.prompt import Prompt, context_of, decode_reports, lm_inputs
+from r2gen.models.prompt import Prompt, context_of, decode_reports, lm_inputs, with_prior
 from r2gen.models.report_loss import chunk_size, loss_path, report_loss
 from r2gen.models.report_loss import describe as describe_loss
 from r2gen.models.trainable import apply_align, apply_lm_training, count_params
@@ -168,14 +168,12 @@ class R2GenModule(pl.LightningModule):
             img = img + self.view_marks(self._needed(batch, "view_positions"), batch["view_mask"], img)
         if self.study_marker is None:
             return img, mask
-        prior_mask_views = self._needed(batch, "prior_view_mask")
-        p_tok, p_mask = self.image_tokens(batch.get("prior_images"), prior_mask_views, batch.get("prior_features"))
-        p_mask = p_mask & prior_mask_views.any(1, keepdim=True)  # mean fusion gives tokens for zero views: none
+        prior_views = self._needed(batch, "prior_view_mask")
+        p_tok, p_mask = self.image_tokens(batch.get("prior_images"), prior_views, batch.get("prior_features"))
         p_img = self.project(p_tok)
         if self.view_marker is not None:
-            p_img = p_img + self.view_marks(self._needed(batch, "prior_view_positions"), prior_mask_views, p_img)
-        marker = self.study_marker.weight.to(img.dtype)
-        return torch.cat([p_img + marker[1], img + marker[0]], dim=1), torch.cat([p_mask, mask], dim=1)
+            p_img = p_img + self.view_marks(self._needed(batch, "prior_view_positions"), prior_views, p_img)
+        return with_prior(img, mask, p_img, p_mask, prior_views, self.study_marker.weight)
 
     def view_marks(self, positions: torch.Tensor, view_mask: torch.Tensor, img: torch.Tensor) -> torch.Tensor:
         """What `view_marker` adds to one study span's projected image tokens `img` [B, T, H]: each token gets the
@@ -235,8 +233,9 @@ class R2GenModule(pl.LightningModule):
         """The error for a batch that lacks the context this model reads (predict.py, the app)."""
         return InputError(f"this model reads each study's {', '.join(self.context.switched_on)} (it was trained "
                           f"with context.{'/'.join(self.context.switched_on)}=true), which these studies do not come "
-                          f"with: give it (predict.py and the app take a study's indication, comparison and prior "
-                          f"study; evaluate.py a data set whose studies carry them)")
+                          f"with: give it (predict.py, the app and an exported folder's generate_reports take a "
+                          f"study's indication, comparison and prior study; evaluate.py a data set whose studies "
+                          f"carry them)")
 
     @torch.no_grad()
     def generate(self, images: torch.Tensor | None, view_mask: torch.Tensor,

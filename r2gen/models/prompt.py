@@ -1,7 +1,9 @@
 """The LM's report text, in one place: the prompt around the image (plain or the tokenizer's chat template, and
 whether a BOS goes first: `Prompt`), the report as the ids the LM learns to write (cut, then eos:
 `ReportTargets`), the input `[bos] prefix <image tokens> suffix [report eos]` (`assemble`), and generated ids back
-to the report people read (`decode_reports`: decoded, cleaned with the data set's policy, detokenized). Which
+to the report people read (`decode_reports`: decoded, cleaned with the data set's policy, detokenized), and a
+study's context (r2gen.data.context) as the text the LM reads (`context_text`, `ContextTokens`) and its prior
+study's image tokens beside its own (`with_prior`). Which
 token pads is the tokenizer's policy (`lm.pad_token`: r2gen.models.lm); how a report is cleaned is
 r2gen.data.clean.
 
@@ -21,7 +23,7 @@ it so.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
@@ -201,6 +203,31 @@ class ContextTokens:
         width = max(1, max(len(t) for t in ids))
         return {"context_ids": torch.tensor([t + [0] * (width - len(t)) for t in ids], dtype=torch.long),
                 "context_lengths": torch.tensor([len(t) for t in ids], dtype=torch.long)}
+
+
+def context_text(parts: Sequence[str], values: Mapping[str, str | None], clean: Callable[[str], str]) -> str:
+    """One study's context text: each of `parts` (in the order given) as `<name>: <text>.`, its text from `values`
+    cleaned with the run's report cleaner (`clean`) and ended with one full stop, `<name>: none.` where the study has
+    none (absent, None or empty); joined by spaces: `indication: cough. prior report: none.`. The one writer of
+    this format: r2gen's data sets (r2gen.data.context) and the exported folder's `generate_reports` call it."""
+    written = []
+    for part in parts:
+        text = values.get(part)
+        text = clean(text).strip() if isinstance(text, str) else ""
+        written.append(f"{part.replace('_', ' ')}: {text.rstrip(' .') or 'none'}.")
+    return " ".join(written)
+
+
+def with_prior(current: torch.Tensor, current_mask: torch.Tensor, prior: torch.Tensor, prior_mask: torch.Tensor,
+               prior_view_mask: torch.Tensor, marker: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The image tokens the LM reads with `context.prior_images`, [B, T_p+T, H] + mask: the prior study's span
+    (`prior` [B, T_p, H], `prior_mask`, through the same encoder and projection as the current one) before the
+    current study's (`current` [B, T, H], `current_mask`), each plus its row of the learned `marker` [2, H] (1:
+    prior, 0: current), and the prior span of a study without a prior (`prior_view_mask` [B, V] all False) masked
+    out: mean fusion gives tokens even for zero views."""
+    prior_mask = prior_mask & prior_view_mask.any(1, keepdim=True)
+    marker = marker.to(current.dtype)
+    return torch.cat([prior + marker[1], current + marker[0]], dim=1), torch.cat([prior_mask, current_mask], dim=1)
 
 
 def context_of(batch) -> tuple[torch.Tensor, torch.Tensor] | None:
