@@ -128,17 +128,27 @@ def test_a_run_with_context_trains_evaluates_predicts_and_exports(longitudinal_t
     ev = [f"ckpt={best}", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false"]
     scores = evaluate(compose_cfg("evaluate", ev, tmp_path / "ev", cache_dir), overrides=ev)
     assert "Bleu_4" in scores  # the checkpoint's context settings came with it
-    predict_with_context(predict, best, root, tmp_path, cache_dir, tmp_path / "ev", get_cleaner(cfg.data.clean))
+    files, context, expected = predict_with_context(predict, best, root, tmp_path, cache_dir, tmp_path / "ev",
+                                                    get_cleaner(cfg.data.clean))
     ex = [f"ckpt={best}", f"out={tmp_path / 'export'}"]  # the folder carries the context settings (test_export.py)
     export(compose_cfg("export", ex, tmp_path / "ex", cache_dir), overrides=ex)
     config = json.loads((tmp_path / "export" / "config.json").read_text())
     assert config["context"] == {"parts": ["indication", "prior_report"], "max_tokens": 128, "prior_images": True}
+    if importlib.util.find_spec("fastapi") is not None:  # the app serving the export writes predict.py's report
+        from r2gen.app.reporter import Reporter
+
+        o = [f"ckpt={tmp_path / 'export'}", "port=0"]
+        served = Reporter.load(compose_cfg("app", o, tmp_path / "app_export", cache_dir), overrides=o)
+        assert served.kind == "export" and served.describe()["context"] == ["indication", "prior_report",
+                                                                             "prior_images"]
+        assert served.report(files, context)["report"] == expected
 
 
 def predict_with_context(predict, best: Path, root: Path, tmp_path: Path, cache_dir: Path, scores_dir: Path,
-                         clean) -> None:
+                         clean) -> tuple[list[str], dict, str]:
     """predict.py gives each study its indication and prior study in each of its input forms, and writes the reports
-    evaluate.py wrote for the same studies with the same context; what it cannot use is named."""
+    evaluate.py wrote for the same studies with the same context; what it cannot use is named. Returns one study's
+    image files, its context (as the app takes it) and its report."""
     rows = list(csv.DictReader(open(root / "studies.csv")))
     by_id = {r["id"]: r for r in rows}
     test = [r for r in rows if r["split"] == "test"]
@@ -204,6 +214,9 @@ def predict_with_context(predict, best: Path, root: Path, tmp_path: Path, cache_
     pr = [*common, f"input=[{','.join(files)}]", f"prior=[{study / 'prior' / 'missing.png'}]"]
     with pytest.raises(InputError, match=r"missing.png \(its prior's image: no such file\)"):
         predict(compose_cfg("predict", pr, tmp_path / "pr5", cache_dir), overrides=pr)
+    context = {"prior_report": first["report"], "prior_image_path": prior[:n],
+               **({"indication": second["indication"]} if second["indication"] else {})}
+    return files[:n], context, got[1]["report"]
 
 
 def app_with_context(best: Path, cache_dir: Path, tmp_path: Path, files: list[str], prior: list[str], indication: str,

@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from r2gen import build
 from r2gen.errors import ConfigError, InputError, MissingFileError
+from r2gen.export.configuration_r2gen import CONTEXT_KEYWORDS
 from r2gen.predict import generate, image_list, usable_studies
 from r2gen.scoring.policy import Scoring
 
@@ -138,12 +139,22 @@ class ExportReporter(Reporter):
         c = self.model.config
         encoder = (getattr(c, "encoder", None) or {}).get("name")
         lm = (getattr(c, "lm_config", None) or {}).get("model_type")
+        keywords = getattr(self.model, "context_keywords", ())  # an export from before it: none
+        self.reads = tuple(CONTEXT_KEYWORDS[k] for k in keywords)
         super().__init__(cfg, getattr(c, "num_views", None), f"{encoder} + {lm}" if encoder and lm else folder.name)
 
     def generate(self, paths: list[str], context: dict[str, Any]) -> str:
+        """`context` as generate_reports takes it, for the parts the model reads (the rest left out with a warning)."""
+        given = {"indications": context.get("indication"), "comparisons": context.get("comparison"),
+                 "prior_reports": context.get("prior_report"), "prior_studies": context.get("prior_image_path")}
+        reads = getattr(self.model, "context_keywords", ())
+        unread = [k for k, v in given.items() if v and k not in reads]
+        if unread:
+            log.warning("the exported model does not read a study's %s: left out", ", ".join(unread))
+        kwargs = {k: [v] for k, v in given.items() if k in reads}
         pl.seed_everything(self.seed, verbose=False)
         with torch.inference_mode():
-            return self.model.generate_reports([list(paths)])[0]
+            return self.model.generate_reports([list(paths)], **kwargs)[0]
 
 
 def check_export(folder: Path, value) -> None:
