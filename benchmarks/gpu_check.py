@@ -186,25 +186,22 @@ def beam_generate(args, cuda: bool, tmp: Path) -> dict:
     pl.seed_everything(cfg.seed)
     device = "cuda" if cuda else "cpu"
     model = build.model(cfg).eval().to(device)
-    if cuda:
-        model.to(torch.bfloat16)
     model.gen_config = generation_config(model.lm_model, model.tokenizer, {
         **cfg.generate, "num_beams": 3, "max_new_tokens": tokens, "min_new_tokens": tokens})
     dm = build.datamodule(cfg, model)
     batches = list(dm.test_dataloader())
-    dtype = torch.bfloat16 if cuda else torch.float32
-    with torch.no_grad():
-        model.generate(batches[0]["images"].to(device, dtype), batches[0]["view_mask"].to(device))
+    # fp32 weights under bf16 autocast on CUDA, as a bf16-mixed run's validation generates
+    with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16, enabled=cuda):
+        model.generate(batches[0]["images"].to(device), batches[0]["view_mask"].to(device))
         peak = PeakMemory(device)
         t = time.perf_counter()
-        reports = [r for b in batches[1:] for r in model.generate(b["images"].to(device, dtype),
-                                                                    b["view_mask"].to(device))]
+        reports = [r for b in batches[1:] for r in model.generate(b["images"].to(device), b["view_mask"].to(device))]
         if cuda:
             torch.cuda.synchronize()
         s = time.perf_counter() - t
     if not reports:
         raise RuntimeError("no reports generated")
-    return {"num_beams": 3, "batch_size": 8, "tokens": tokens, "studies": len(reports),
+    return {"num_beams": 3, "precision": "bf16 autocast" if cuda else "32-true", "batch_size": 8, "tokens": tokens, "studies": len(reports),
             "s_per_study": round(s / len(reports), 4), "peak_mb": peak.read()}
 
 
