@@ -27,9 +27,12 @@ RSS above the start on the CPU, max_memory_allocated on a GPU), measured over th
 AdamW step; the optimizer state is allocated there). Step time: the median of `--steps` steps after `--warmup`.
 Generation: the batch, 32 new tokens exactly (min = max), greedy and beam 3, same settings on both sides.
 
-Expected time of the full run on 2 shared CPU cores: the quick run's figures extrapolated by FLOPs (a 128k step at
-batch 8 with ~130 positions is ~1.5 TFLOP in float32) give ~30-60 s per step and several minutes per generation,
-so with 4 steps ~1.5-2 hours for the 8 processes; build the results on a GPU instead where one is lent.
+Expected time of the full run on 2 shared CPU cores (estimated, not measured: FLOPs from the quick run's rates).
+The 128k LM has ~232M matmul weights (lm_head 131M + 8 layers 101M); a batch-8 step over ~120 positions is ~0.45
+TFLOP forward, about as much backward (input gradients only: the LM is frozen) and ~0.2 TFLOP of Swin-Tiny: ~20-40 s
+a step at 30-60 GFLOP/s. With the 1.5 GB LM loaded per process, 1 + 3 steps, a greedy and a beam-3 generation (a
+prefill each plus 32 cached tokens), ~3-4 min a process, 8 processes: ~30-45 min (the 32k shape is cheaper). Prefer a
+GPU where one is lent.
 """
 
 from __future__ import annotations
