@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 import pytest
-import pytorch_lightning as pl
 import torch
 
 from r2gen import build
@@ -22,6 +21,7 @@ from r2gen.models.prompt import lm_inputs
 from r2gen.models.trainable import count_params
 
 from .helpers.config import SMALL, compose_cfg
+from .helpers.models import seeded
 
 PA, AP, LATERAL, LL = (VIEW_POSITIONS.index(v) for v in ("PA", "AP", "LATERAL", "LL"))
 ON = ["context.prior_images=true", "context.view_positions=true"]
@@ -102,14 +102,8 @@ def test_shuffled_images_take_their_view_ids_with_them():
 
 def _setup(tmp_path: Path, cache_dir: Path, *overrides: str, seed: int = 0):
     """A tiny model on the longitudinal demo (prior and current study, two views each) and its datamodule."""
-    cfg = compose_cfg("config", [*SMALL, "data=demo_longitudinal", *overrides], tmp_path / "run", cache_dir)
-    build.prepare_data(cfg.data)
-    path = build.lm_path(cfg)  # building the LM on first use draws random numbers: before the seed
-    pl.seed_everything(seed)
-    model = build.model(cfg, lm_folder=path)
-    dm = build.datamodule(cfg, model)
-    dm.setup()
-    return cfg, model, dm
+    return seeded(compose_cfg("config", [*SMALL, "data=demo_longitudinal", *overrides], tmp_path / "run", cache_dir),
+                  seed)
 
 
 def _val_batch(dm) -> dict:

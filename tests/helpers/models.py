@@ -13,7 +13,11 @@ from .lm_families import TEXTS
 
 def shallow(make_cfg, *overrides, seed=0):
     """A shallow-alignment model (random frozen encoder, seeded) and its datamodule, set up."""
-    cfg = make_cfg("align=shallow", *overrides)
+    return seeded(make_cfg("align=shallow", *overrides), seed)
+
+
+def seeded(cfg, seed=0):
+    """`cfg`, its model (initialised from `seed`) and its datamodule, set up."""
     build.prepare_data(cfg.data)
     path = build.lm_path(cfg)  # building the LM on first use draws random numbers: before the seed
     pl.seed_everything(seed)
