@@ -20,7 +20,7 @@ LM_NAMES = sorted(p.stem for p in LM_DIR.glob("*.yaml"))
 # Every lm yaml has these; `build` (a locally built recipe, lm=tiny), `convert` (a checkpoint converted to a native
 # architecture, lm=chatglm3-6b) and `unsupported` (a known breakage) are optional.
 KEYS = {"name_or_path", "trust_remote_code", "dtype", "attn_implementation", "device_map", "gradient_checkpointing",
-        "pad_token", "add_bos", "freeze", "lora", "prompt"}
+        "pad_token", "add_bos", "freeze", "lora", "prompt", "loss_logits", "loss_chunk"}
 OPTIONAL = {"build", "unsupported", "convert"}
 
 
@@ -35,6 +35,7 @@ def test_lm_yaml_composes_with_the_allowed_keys(make_cfg, name):
         assert "/" in lm.name_or_path and "build" not in lm  # a real hub id, never built locally
     assert isinstance(lm.trust_remote_code, bool) and isinstance(lm.freeze, bool)
     assert isinstance(lm.gradient_checkpointing, bool)
+    assert lm.loss_logits in ("report", "full") and isinstance(lm.loss_chunk, int)
     assert lm.dtype in ("auto", "float32", "bfloat16", "float16")
     assert lm.attn_implementation in ("auto", "sdpa", "eager", "flash_attention_2")
     assert lm.attn_implementation == "auto" or lm.trust_remote_code  # a fixed choice only for remote code
