@@ -3,12 +3,16 @@
 Loads the tokenizer and the LM exactly as training does (`load_lm`, the pad policy, `quant=`, `lm.lora`,
 gradient checkpointing), prints what was loaded (class, sizes, special tokens, parameters, memory), then runs one
 forward + backward with labels through the real prompt assembly (random image tokens of the LM's width) and one
-batched `generate` from `inputs_embeds`. Any failure ends the command with one line naming the stage; the table
+batched `generate` from `inputs_embeds`; last, the whole model (encoder with align.*, LM, projection, context) as
+training builds it takes a training step on the largest batch the config allows, on the device it will train on, and
+the table gives its memory: weights, optimizer state, the step's peak, their sum (r2gen.step_memory), the numbers to
+plan `data.batch_size`, `quant=` and the card with. Any failure ends the command with one line naming the stage; the table
 also lands in `<run folder>/verify.json`.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 from contextlib import contextmanager
@@ -21,12 +25,18 @@ from omegaconf import DictConfig, OmegaConf
 from r2gen import build
 from r2gen.boundary import module_main
 from r2gen.errors import UserError
-from r2gen.models.lm import generation_config, is_encoder_decoder, load_lm, quantization_config
-from r2gen.models.memory import PeakMemory
+from r2gen.models.lm import (
+    generation_config,
+    is_encoder_decoder,
+    load_lm,
+    quantization_config,
+    quantization_name,
+)
 from r2gen.models.prompt import Prompt, ReportTargets, decode_reports, lm_inputs
 from r2gen.models.report_loss import chunk_size, loss_path, report_loss
 from r2gen.models.report_loss import describe as describe_loss
 from r2gen.models.trainable import apply_lm_training
+from r2gen.step_memory import step_memory
 
 log = logging.getLogger(__name__)
 REPORTS = ["the heart is normal in size . the lungs are clear .", "no acute cardiopulmonary abnormality ."]
@@ -54,12 +64,13 @@ def _token(tok, role: str) -> str:
 
 
 def verify(cfg: DictConfig, lm_path: str | None = None, max_new_tokens: int = 8,
-           device: str | None = None) -> dict[str, Any]:
+           device: str | None = None, training_step: bool = True) -> dict[str, Any]:
     """Load and exercise the LM that `cfg` describes; returns the report (also what `main` prints).
 
     `lm_path`: load from this folder instead of `lm.name_or_path` (a locally built LM); `max_new_tokens` caps the
     generation check; `device`: where to run it (default: cuda if available, else cpu; a model placed at load by
-    `lm.device_map` or quantization stays where it is).
+    `lm.device_map` or quantization stays where it is); `training_step`: end with a training step of the whole model
+    at the run's batch size, and its memory (r2gen.step_memory).
     """
     with stage("loading the tokenizer and LM"):
         quant = quantization_config(cfg.get("quant"), cfg.lm)
@@ -86,8 +97,7 @@ def verify(cfg: DictConfig, lm_path: str | None = None, max_new_tokens: int = 8,
         "embedding rows": emb.num_embeddings, "tokenizer size": len(tok),
         "pad": _token(tok, "pad"), "bos": _token(tok, "bos"), "eos": _token(tok, "eos"), "unk": _token(tok, "unk"),
         "dtype": str(emb.weight.dtype).removeprefix("torch."), "device": str(emb.weight.device),
-        "quantization": (quant.quantization_method() if hasattr(quant, "quantization_method") else type(quant).__name__)
-        if quant is not None else "none",
+        "quantization": quantization_name(model),
         "parameters": n_params, "trainable parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "memory footprint (MB)": round(model.get_memory_footprint() / 2**20, 1),
     }
@@ -98,7 +108,7 @@ def verify(cfg: DictConfig, lm_path: str | None = None, max_new_tokens: int = 8,
         report["prompt tokens"] = f"{len(prompt.prefix)} before the image, {len(prompt.suffix)} after"
         report["prompt starts with bos"] = bool(prompt.prefix[:1]) and prompt.prefix[0] == tok.bos_token_id
 
-    embed = lambda ids: emb(ids)  # noqa: E731
+    embed = emb  # the LM's input embedding: token ids -> vectors
     dtype, dev = emb.weight.dtype, emb.weight.device
     # two studies, the second with fewer image tokens: ragged batches exercise padding and the attention mask
     scale = emb.weight.float().std().item() if emb.weight.is_floating_point() else 1.0
@@ -111,12 +121,10 @@ def verify(cfg: DictConfig, lm_path: str | None = None, max_new_tokens: int = 8,
         path = loss_path(model, mode, encoder_decoder)
         report["loss path"] = describe_loss(path, mode)
         inputs = lm_inputs(embed, prompt, img, mask, t["target_ids"], t["target_lengths"], encoder_decoder)
-        peak = PeakMemory(dev)
         loss = report_loss(model, inputs, path, chunk_size(cfg.lm.get("loss_chunk", 1024)))
         if loss is None or not torch.isfinite(loss):
             raise VerifyError(f"verify failed: the LM's loss is {loss}; try lm.dtype=float32 or bfloat16 (float16 overflows)")
         loss.backward()
-        report["peak memory of the step (MB)"] = peak.read()
         if img.grad is None or not torch.isfinite(img.grad).all():
             raise VerifyError("verify failed: no finite gradient reaches the image tokens; the projection could not train")
         report["loss (random image tokens)"] = round(loss.item(), 4)
@@ -134,6 +142,22 @@ def verify(cfg: DictConfig, lm_path: str | None = None, max_new_tokens: int = 8,
             raise VerifyError(f"verify failed: generate returned {len(texts)} sequences for 2 studies")
         report["generate"] = f"num_beams={gen.num_beams}, {out.shape[1] - encoder_decoder} new tokens"
         report["generated (untrained)"] = [t[:60] for t in texts]
+
+    if not training_step:
+        return report
+    del model, emb, embed, img, inputs, loss, out  # the whole model loads its own LM: not two of them at once
+    gc.collect()
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()  # what the LM held goes back to the card before the whole model loads
+    with stage(f"running a training step of the whole model (data.batch_size={cfg.data.batch_size})"):
+        try:
+            report.update(step_memory(cfg, lm_folder=lm_path, device=device))
+        except torch.OutOfMemoryError as e:
+            raise VerifyError(
+                f"verify failed: a training step at data.batch_size={cfg.data.batch_size} does not fit in the memory "
+                f"of {device}: lower data.batch_size (raise trainer.accumulate_grad_batches to keep the effective "
+                f"batch), or use quant=4bit, lm.gradient_checkpointing=true, encoder.gradient_checkpointing=true, "
+                f"trainer.precision=bf16-mixed") from e
     return report
 
 

@@ -42,7 +42,7 @@ def test_verify_reports_what_was_loaded(make_cfg, tiny, family):
         assert r["pad"] == r["unk"] and r["prompt starts with bos"] is True
     assert r["loss (random image tokens)"] > 0
     assert r["loss path"] == "report positions only (logits_to_keep, chunked cross-entropy)"
-    assert r["peak memory of the step (MB)"] >= 0  # measured on this CPU (VmHWM)
+    assert r["peak memory of a training step (MB)"] >= 0  # the whole model's step, measured on this CPU (VmHWM)
     assert len(r["generated (untrained)"]) == 2 and "num_beams=2" in r["generate"]
 
 

@@ -250,6 +250,17 @@ def check_supported(lm_cfg) -> None:
                           "(set lm.unsupported=null to try anyway)")
 
 
+def quantization_name(model) -> str:
+    """How `model`'s weights are quantized, as transformers records it (`config.quantization_config`): "none", or
+    the method (bitsandbytes: `nf4`, `fp4`, `llm_int8`)."""
+    q = getattr(model.config, "quantization_config", None)
+    if q is None:
+        return "none"
+    if isinstance(q, dict):
+        return str(q.get("quant_method", "unknown"))
+    return q.quantization_method() if hasattr(q, "quantization_method") else type(q).__name__
+
+
 def load_lm(lm_cfg, quantization_config=None, path: str | None = None):
     """(model, tokenizer) as `lm_cfg` says (from `path` if given), via `AutoModelForCausalLM.from_pretrained` or, for
     an encoder-decoder, `AutoModelForSeq2SeqLM.from_pretrained` (`lm_kind`)."""
