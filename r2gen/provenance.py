@@ -82,9 +82,20 @@ def layout_files(data: DictConfig) -> list:
 
 
 def device() -> str:
+    """The machine that computes: the CUDA device's name, or the CPU's model (Linux's /proc/cpuinfo) and threads."""
     if torch.cuda.is_available():
         return f"cuda: {torch.cuda.get_device_name(0)} (x{torch.cuda.device_count()})"
-    return f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    return f"cpu: {cpu_model()}, {torch.get_num_threads()} threads"
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def provenance(cfg: DictConfig, **extra: Any) -> dict[str, Any]:

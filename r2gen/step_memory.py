@@ -105,7 +105,9 @@ def step_memory(cfg: DictConfig, lm_folder: str, device: str | torch.device | No
     two training steps on the worst batch `cfg` allows, and report what the second held (see the module's
     docstring). `device`: default cuda if available, else cpu."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    module = build.model(cfg, lm_folder=lm_folder)
+    with torch.random.fork_rng(devices=[]):  # seeded as a run is (its weights, the batch), the caller's stream kept
+        torch.manual_seed(int(cfg.get("seed") or 0))
+        module = build.model(cfg, lm_folder=lm_folder)
     plugin = precision_plugin(cfg.trainer.precision, device)
     module = plugin.convert_module(module)
     if cfg.lm.get("device_map") is None:

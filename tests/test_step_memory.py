@@ -88,3 +88,24 @@ def test_the_worst_batch_is_the_largest_the_config_allows(make_cfg):
 def test_verify_can_leave_the_step_out(make_cfg):
     r = verify(make_cfg(), training_step=False)
     assert not any(k in r for k in STEP_KEYS) and "loss (random image tokens)" in r
+
+
+def test_the_benchmark_shapes_are_shipped_configs_of_known_families():
+    """benchmarks/step_memory.py builds each LM at its published shape: a shipped `lm=` config, a family the tests
+    build checkpoints of, config fields the family's config takes."""
+    import importlib.util
+
+    from transformers import AutoConfig
+
+    from r2gen.conf import CONF_DIR
+
+    from .helpers.lm_families import FAMILIES
+    from .helpers.paths import ROOT
+
+    spec = importlib.util.spec_from_file_location("step_memory_bench", ROOT / "benchmarks" / "step_memory.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    for name, (family, shape, vocab) in bench.SHAPES.items():
+        assert (CONF_DIR / "lm" / f"{name}.yaml").is_file(), name
+        config = AutoConfig.for_model(FAMILIES[family][1], vocab_size=vocab, **shape)
+        assert all(getattr(config, k) == v for k, v in shape.items()), name
