@@ -109,3 +109,16 @@ def test_the_benchmark_shapes_are_shipped_configs_of_known_families():
         assert (CONF_DIR / "lm" / f"{name}.yaml").is_file(), name
         config = AutoConfig.for_model(FAMILIES[family][1], vocab_size=vocab, **shape)
         assert all(getattr(config, k) == v for k, v in shape.items()), name
+
+
+def test_a_step_that_does_not_fit_names_the_knobs(make_cfg, monkeypatch):
+    import r2gen.verify as verify_module
+
+    def out_of_memory(*a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(verify_module, "step_memory", out_of_memory)
+    with pytest.raises(verify_module.VerifyError) as e:
+        verify(make_cfg("data.batch_size=6"))
+    msg = str(e.value)
+    assert "data.batch_size=6 does not fit" in msg and "quant=4bit" in msg and "accumulate_grad_batches" in msg
