@@ -25,6 +25,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from r2gen.provenance import cpu_model
+
 ROOT = Path(__file__).resolve().parents[1]
 STAMP = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]")
 SCORES = ("Bleu_1", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "finding_f1_macro", "finding_f1_micro")
@@ -93,16 +95,6 @@ def one_seed(seed: int, overrides: list[str], work: Path) -> dict:
 
 def summary(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:

@@ -43,7 +43,6 @@ import argparse
 import copy
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -52,6 +51,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from r2gen.provenance import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = str(ROOT / "conf")
@@ -240,12 +241,7 @@ def run_one(side: str, shape_name: str, align: str, args) -> dict:
 def machine() -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_name()
-    try:
-        names = [ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                 if ln.startswith("model name")]
-        return f"{names[0]} x{os.cpu_count()}" if names else platform.processor()
-    except OSError:
-        return platform.processor() or "cpu"
+    return f"{cpu_model()} x{os.cpu_count()}"
 
 
 def summary(rows: list[dict]) -> dict:

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from r2gen.provenance import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
 # lm config -> vocabulary size of its checkpoint (config.json's vocab_size)
@@ -89,7 +90,7 @@ def main() -> None:
         print(row, flush=True)
     import torch
 
-    machine = torch.cuda.get_device_name(0) if torch.cuda.is_available() else cpu_model()
+    machine = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"{cpu_model()} (CPU)"
     result = {"machine": machine, "torch": torch.__version__, "batch": args.batch, "positions": args.positions,
               "report_tokens": args.report_tokens, "dtype": args.dtype, "chunk": args.chunk, "rows": rows}
     out = Path(args.out)
@@ -105,16 +106,6 @@ def main() -> None:
               f"{r['full_loss']}, {r['report_loss']} |" for r in rows]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()} (CPU)"
-    except OSError:
-        pass
-    return platform.processor() or "CPU"
 
 
 if __name__ == "__main__":
