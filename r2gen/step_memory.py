@@ -5,9 +5,9 @@ The whole model is built as training builds it (`r2gen.build.model`: the encoder
 lm.lora and gradient checkpointing, the projection, the context parts), placed on the device as Lightning places it,
 and given the worst batch the config allows: `data.batch_size` studies, each with all `data.num_views` views at the
 encoder's input size, a report of `data.max_report_tokens` tokens, and, where the model reads them, the context text
-at `context.max_tokens`, the prior study's views and the view positions. One step runs as `trainer.precision` runs it
-(Lightning's own precision plugin: autocast for `*-mixed`, the module converted for `*-true`): forward, backward, and
-an AdamW step over the trainable weights, whose state is allocated there. The figures:
+at `context.max_tokens`, the prior study's views and the view positions. Two steps run as `trainer.precision` runs
+them (Lightning's own precision plugin: autocast for `*-mixed`, the module converted for `*-true`), each a forward,
+a backward and an AdamW step over the trainable weights. The figures:
 
 - `model weights`: the parameters and buffers as stored (a 4-bit LM's packed weights at their real size);
 - `optimizer state`: AdamW's moments of the trainable weights, allocated by the first step;
@@ -151,4 +151,3 @@ def step_memory(cfg: DictConfig, lm_folder: str, device: str | torch.device | No
         "training step time (s)": round(seconds, 3),
     }
     return report
-
