@@ -214,7 +214,9 @@ def test_a_t5_run_round_trips_through_evaluate_predict_and_the_export(t5_run, tm
     ids = torch.randint(0, lm.config.vocab_size, (2, 7), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         ours = model.lm_model(input_ids=ids, decoder_input_ids=ids[:, :3]).logits
-        torch.testing.assert_close(lm(input_ids=ids, decoder_input_ids=ids[:, :3]).logits, ours, rtol=0, atol=1e-5)
+        # the export merges LoRA into the weights (W + BA), which rounds apart from W x + B(A x) by float32 ulps of
+        # logits ~10 in size (1.1e-5 seen once): a relative term of a few ulps on top of the absolute one
+        torch.testing.assert_close(lm(input_ids=ids, decoder_input_ids=ids[:, :3]).logits, ours, rtol=2e-6, atol=1e-5)
     assert "AutoModelForSeq2SeqLM" in (folder / "README.md").read_text()
 
 
