@@ -32,6 +32,7 @@ from omegaconf import DictConfig
 
 from r2gen import build
 from r2gen.data.view_positions import UNKNOWN
+from r2gen.errors import ConfigError
 from r2gen.models.lm import quantization_name
 from r2gen.models.memory import PeakMemory
 from r2gen.models.module import R2GenModule
@@ -51,7 +52,10 @@ def precision_plugin(precision: str | int, device: torch.device):
         return HalfPrecision(p)
     if p in ("64-true", "64"):
         return DoublePrecision()
-    return Precision()  # 32-true
+    if p in ("32-true", "32"):
+        return Precision()
+    raise ConfigError(f"trainer.precision={precision!r}: choose 32-true, bf16-mixed, 16-mixed, bf16-true, 16-true or "
+                      f"64-true (Lightning's precisions that one device trains with)")
 
 
 def long_text(tokenizer, n_tokens: int) -> str:

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from r2gen.build import model, prepare_data
+from r2gen.errors import ConfigError
 from r2gen.models.tiny_lm import build_causal_lm
 from r2gen.step_memory import precision_plugin, step_memory, worst_batch
 from r2gen.verify import run, verify
@@ -68,6 +69,8 @@ def test_the_step_runs_as_trainer_precision_says(make_cfg):
     assert type(precision_plugin("bf16-mixed", cpu)).__name__ == "MixedPrecision"
     assert type(precision_plugin("bf16-true", cpu)).__name__ == "HalfPrecision"
     assert type(precision_plugin("32-true", cpu)).__name__ == "Precision"
+    with pytest.raises(ConfigError, match="trainer.precision='bf16mixed'"):  # a typo is not measured as 32-true
+        precision_plugin("bf16mixed", cpu)
 
 
 def test_the_worst_batch_is_the_largest_the_config_allows(make_cfg):
